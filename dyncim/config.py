@@ -1,0 +1,181 @@
+"""Load, validate and resolve params.yaml: the one loader shared by the CLI, Snakemake and tests.
+
+Deliberately torch-free, so the Snakefile can import it without paying torch's start-up.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from .methods.catalog import CATALOG
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "params.schema.yaml"
+MFEAT_VIEWS = ("fou", "fac", "kar", "pix", "zer", "mor")
+
+# Training defaults; params.yaml's `train` overrides them, then the data set, the method and the
+# data set's per-method entry, in that order.
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "epochs": 60, "batch_size": 64, "eval_batch_size": 512, "optimizer": "sgd", "lr": 0.05,
+    "momentum": 0.9, "weight_decay": 1e-4, "lr_step": 0, "lr_gamma": 0.1, "hidden": [128, 64],
+    "dropout": 0.0, "checkpoint_every": 1, "probe_epochs": 100,
+}
+
+
+class ParamsError(ValueError):
+    """params.yaml is not valid; the message names the key and what is allowed."""
+
+
+def load_schema() -> dict:
+    with open(SCHEMA_PATH) as f:
+        return yaml.safe_load(f)
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError, prefix=()) -> str:
+    key = _key(list(prefix) + list(error.absolute_path))
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        if allowed:
+            return f"{key}: unknown key(s) {extra}; allowed: {allowed}"
+        return f"{key}: unknown key(s) {extra}"
+    if error.validator == "enum":
+        return f"{key}: {error.instance!r} is not allowed; expected one of {error.validator_value}"
+    if error.validator == "type":
+        return f"{key}: {error.instance!r} has the wrong type; expected {error.validator_value}"
+    return f"{key}: {error.message}"
+
+
+def _validate(instance, schema, root, source: str, prefix=()) -> None:
+    validator = jsonschema.Draft202012Validator(
+        schema, registry=_registry(root))
+    errors = sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = "\n  ".join(_describe(e, prefix) for e in errors)
+        raise ParamsError(f"{source}: invalid parameters:\n  {lines}")
+
+
+def _registry(root):
+    from referencing import Registry, Resource
+    return Registry().with_resource("", Resource.from_contents(root))
+
+
+def _fill_defaults(schema: dict, instance: dict) -> dict:
+    """Fill `default`s of an object schema (recursively for nested objects)."""
+    out = copy.deepcopy(instance)
+    for key, sub in schema.get("properties", {}).items():
+        if key not in out and "default" in sub:
+            out[key] = copy.deepcopy(sub["default"])
+        if isinstance(out.get(key), dict) and sub.get("type") == "object":
+            out[key] = _fill_defaults(sub, out[key])
+    return out
+
+
+def _resolve_method(name: str, methods: dict, schema: dict, source: str, seen=()) -> dict:
+    if name in seen:
+        raise ParamsError(f"{source}: methods.{name}.extends: cycle {' -> '.join(seen + (name,))}")
+    if name not in methods:
+        raise ParamsError(f"{source}: methods.{seen[-1]}.extends: unknown method {name!r}; "
+                          f"defined: {sorted(methods)}")
+    raw = methods[name]
+    base = _resolve_method(raw["extends"], methods, schema, source, seen + (name,)) if "extends" in raw else {}
+    merged = {k: v for k, v in base.items() if k not in ("train", "seeds")}
+    merged["train"] = {**base.get("train", {}), **raw.get("train", {})}
+    if "seeds" in base:
+        merged["seeds"] = base["seeds"]
+    merged.update({k: v for k, v in raw.items() if k not in ("extends", "train")})
+    return merged
+
+
+def resolve(raw: dict, source: str = "params.yaml") -> dict:
+    """Validate a params mapping and return it resolved: defaults filled in, method `extends`
+    chains merged, per-type method parameters checked, run lists cross-checked."""
+    schema = load_schema()
+    _validate(raw, schema, schema, source)
+    params = _fill_defaults(schema, raw)
+    for name, ds in params["datasets"].items():
+        if ds["source"] == "synthetic":
+            ds["synthetic"] = _fill_defaults(schema["$defs"]["synthetic"], ds["synthetic"])
+            n_mod = len(ds["synthetic"]["modalities"])
+            for i, c in enumerate(ds["synthetic"]["corrupt"]):
+                if c["modality"] >= n_mod:
+                    raise ParamsError(f"{source}: datasets.{name}.synthetic.corrupt.{i}.modality: "
+                                      f"{c['modality']} out of range; this set has {n_mod} modalities")
+        for m in ds.get("method_train", {}):
+            if m not in params["methods"]:
+                raise ParamsError(f"{source}: datasets.{name}.method_train.{m}: unknown method; "
+                                  f"defined: {sorted(params['methods'])}")
+
+    methods = {}
+    for name in params["methods"]:
+        m = _resolve_method(name, params["methods"], schema, source)
+        mtype = m.get("type")
+        type_schema = schema["$defs"][f"method_{mtype}"]
+        own = {k: v for k, v in m.items() if k not in ("type", "seeds", "train")}
+        _validate(own, type_schema, schema, source, prefix=("methods", name))
+        m.update(_fill_defaults(type_schema, own))
+        m.setdefault("seeds", params["seeds"])
+        methods[name] = m
+    params["methods"] = methods
+
+    for key, defined in (("datasets", params["datasets"]), ("methods", methods)):
+        for name in params["run"][key]:
+            if name not in defined:
+                raise ParamsError(f"{source}: run.{key}: {name!r} is not defined under {key}; "
+                                  f"defined: {sorted(defined)}")
+    for d in params["run"]["datasets"]:
+        n = n_modalities(params["datasets"][d])
+        for m in params["run"]["methods"]:
+            limit = CATALOG[methods[m]["type"]].max_modalities
+            if limit is not None and n > limit:
+                raise ParamsError(f"{source}: run.methods: {m!r} ({methods[m]['type']}) is defined by "
+                                  f"its paper for at most {limit} modalities, but data set {d!r} has {n}")
+    if params["split"]["train"] + params["split"]["val"] >= 1:
+        raise ParamsError(f"{source}: split: train + val must be below 1 (the rest is test)")
+    return params
+
+
+def load(path: str | Path = "params.yaml") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: no such params file")
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    return resolve(raw, str(path))
+
+
+def n_modalities(ds: dict) -> int:
+    return len(ds["views"]) if ds["source"] == "mfeat" else len(ds["synthetic"]["modalities"])
+
+
+def train_config(params: dict, data: str, method: str) -> dict:
+    """The training hyper-parameters of one data set x method, with every override applied."""
+    ds = params["datasets"][data]
+    cfg = {**TRAIN_DEFAULTS, **params["train"], **ds.get("train", {}),
+           **params["methods"][method].get("train", {}), **ds.get("method_train", {}).get(method, {})}
+    return cfg
+
+
+def method_config(params: dict, method: str) -> dict:
+    return {k: v for k, v in params["methods"][method].items() if k not in ("train", "seeds")}
+
+
+def run_fingerprint(params: dict, data: str, method: str) -> str:
+    """Everything that determines one training job's result, as canonical JSON (Snakemake params
+    trigger and the checkpoint's configuration check both use it)."""
+    ds = {k: v for k, v in params["datasets"][data].items() if k not in ("train", "method_train")}
+    return json.dumps({"data": ds, "split": params["split"], "train": train_config(params, data, method),
+                       "method": method_config(params, method)}, sort_keys=True)

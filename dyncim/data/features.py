@@ -1,0 +1,104 @@
+"""The compact feature file of one data configuration, and its loader.
+
+One `.pt` file holds every modality's standardised features (train statistics only), the
+labels, the split and, for the synthetic set, the per-sample corruption record. The trainer
+loads it whole onto the training device.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..atomic import torch_save
+from . import mfeat, synthetic
+from .splits import SPLITS, read_split, stratified_split, write_split
+
+FORMAT = 1
+
+
+def raw_views(ds: dict, raw_dir: str | Path | None):
+    """(views, labels, corrupted or None, names) of a data configuration, before standardising."""
+    if ds["source"] == "mfeat":
+        views, labels = mfeat.read_views(raw_dir, ds["views"])
+        return views, labels, None, list(ds["views"]), mfeat.N_CLASSES
+    gen = synthetic.generate(ds["synthetic"])
+    names = [f"{k}{i}" if gen["kinds"].count(k) > 1 else k for i, k in enumerate(gen["kinds"])]
+    return gen["views"], gen["labels"], gen["corrupted"], names, ds["synthetic"]["classes"]
+
+
+def make_split(ds: dict, split_cfg: dict, raw_dir, out: str | Path) -> None:
+    _, labels, _, _, _ = raw_views(ds, raw_dir)
+    write_split(out, labels, stratified_split(labels, split_cfg["train"], split_cfg["val"], split_cfg["seed"]))
+
+
+def build(ds: dict, raw_dir, split_path: str | Path, out: str | Path) -> None:
+    views, labels, corrupted, names, n_classes = raw_views(ds, raw_dir)
+    split = read_split(split_path, labels)
+    code = np.array([SPLITS.index(s) for s in split], dtype=np.int8)
+    train = code == 0
+    std_views = []
+    for x in views:
+        mu, sd = x[train].mean(0), x[train].std(0)
+        sd[sd < 1e-8] = 1.0  # constant features stay constant (zero) instead of dividing by 0
+        std_views.append(torch.from_numpy(((x - mu) / sd).astype(np.float32)))
+    torch_save({"format": FORMAT, "names": names, "n_classes": n_classes, "views": std_views,
+                "labels": torch.from_numpy(labels.astype(np.int64)), "split": torch.from_numpy(code),
+                "corrupted": None if corrupted is None else torch.from_numpy(corrupted)}, out)
+
+
+@dataclass
+class FeatureSet:
+    names: list[str]
+    n_classes: int
+    views: list[torch.Tensor]
+    labels: torch.Tensor
+    split: torch.Tensor
+    corrupted: torch.Tensor | None
+
+    def index(self, part: str) -> torch.Tensor:
+        return torch.nonzero(self.split == SPLITS.index(part)).squeeze(1)
+
+    def to(self, device) -> "FeatureSet":
+        return FeatureSet(self.names, self.n_classes, [v.to(device) for v in self.views],
+                          self.labels.to(device), self.split.to(device),
+                          None if self.corrupted is None else self.corrupted.to(device))
+
+    def subset(self, modalities: list[int]) -> "FeatureSet":
+        return FeatureSet([self.names[m] for m in modalities], self.n_classes,
+                          [self.views[m] for m in modalities], self.labels, self.split,
+                          None if self.corrupted is None else self.corrupted[:, modalities])
+
+
+def load(path: str | Path) -> FeatureSet:
+    """Load a feature file, checking what the trainer relies on; errors name the file."""
+    path = Path(path)
+    try:
+        d = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: missing; run the features step first") from None
+    except Exception as e:  # truncated or not a torch file
+        raise ValueError(f"{path}: not a readable feature file ({type(e).__name__}: {e}); "
+                         f"delete it and rerun the features step") from None
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a feature file of format {FORMAT}")
+    labels, split = d["labels"], d["split"]
+    n = labels.shape[0]
+    if labels.dtype != torch.int64 or labels.dim() != 1:
+        raise ValueError(f"{path}: labels must be a 1-D int64 tensor, got {labels.dtype} {tuple(labels.shape)}")
+    if n == 0 or labels.min() < 0 or labels.max() >= d["n_classes"]:
+        raise ValueError(f"{path}: labels out of range [0, {d['n_classes'] - 1}]")
+    if split.shape != (n,):
+        raise ValueError(f"{path}: split has shape {tuple(split.shape)}, expected ({n},)")
+    for name, v in zip(d["names"], d["views"]):
+        if v.dtype != torch.float32 or v.dim() != 2 or v.shape[0] != n:
+            raise ValueError(f"{path}: view {name!r} must be float32 of shape ({n}, d), "
+                             f"got {v.dtype} {tuple(v.shape)}")
+        if not torch.isfinite(v).all():
+            raise ValueError(f"{path}: view {name!r} has non-finite values")
+    for part in range(len(SPLITS)):
+        if not (split == part).any():
+            raise ValueError(f"{path}: the {SPLITS[part]} split is empty")
+    return FeatureSet(list(d["names"]), int(d["n_classes"]), list(d["views"]), labels, split, d["corrupted"])

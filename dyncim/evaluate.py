@@ -1,0 +1,127 @@
+"""Test-split evaluation of trained runs (the model chosen on validation, never on test).
+
+Per run: fused accuracy and macro-F1 (torchmetrics), and per modality the imbalance figures:
+(a) `own`: accuracy of the modality's own part of the prediction (concat: its slice of the fused
+head plus its share of the bias, as OGM-GE measures it; sum: its own head's logits);
+(b) `probe`: a linear probe on the frozen encoder, fit on train and chosen on val: how well the
+encoder itself learned, whatever the head does with it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
+
+from . import config as C
+from .atomic import write_json
+from .data import features
+from .data.synthetic import CORRUPTION_CODES
+from .methods import build as build_method
+from .methods.base import Context
+from .models import build_model
+from .train.loop import evaluate_split
+
+PROBE_DECAYS = (1e-4, 1e-3, 1e-2, 1e-1)
+
+
+def _acc(logits, y, n_classes) -> float:
+    return float(multiclass_accuracy(logits, y, num_classes=n_classes, average="micro"))
+
+
+def linear_probe(tr, ytr, va, yva, te, yte, n_classes: int, iters: int) -> dict:
+    """Multinomial logistic regression on frozen features; L2 strength chosen on val."""
+    mu, sd = tr.mean(0), tr.std(0).clamp_min(1e-6)
+    tr, va, te = (tr - mu) / sd, (va - mu) / sd, (te - mu) / sd
+    best = None
+    for decay in PROBE_DECAYS:
+        torch.manual_seed(0)
+        lin = torch.nn.Linear(tr.shape[1], n_classes)
+        opt = torch.optim.LBFGS(lin.parameters(), max_iter=iters, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = F.cross_entropy(lin(tr), ytr) + decay * lin.weight.pow(2).sum()
+            loss.backward()
+            return loss
+        opt.step(closure)
+        with torch.no_grad():
+            val = _acc(lin(va), yva, n_classes)
+            if best is None or val > best[0]:
+                best = (val, decay, _acc(lin(te), yte, n_classes))
+    return {"probe_val": best[0], "probe_decay": best[1], "probe": best[2]}
+
+
+def load_run(path: Path, feats: features.FeatureSet, device):
+    """Rebuild every part's model (and method, for its label-free prediction) from best.pt."""
+    ck = torch.load(path, map_location=device, weights_only=False)
+    built = []
+    for part in ck["parts"]:
+        sub = feats.subset(part["modalities"])
+        ctx = Context(names=sub.names, n_classes=ck["n_classes"], n_samples=len(feats.labels),
+                      epochs=ck["train_cfg"]["epochs"], steps_per_epoch=1, device=device,
+                      corrupted=sub.corrupted)
+        method = build_method(ck["method_cfg"], ctx)
+        model = build_model(part["in_dims"], ck["n_classes"], part["fusion"], ck["train_cfg"])
+        method.setup(model)
+        try:
+            model.load_state_dict(part["state"])
+        except RuntimeError as e:
+            raise ValueError(f"{path}: checkpoint does not fit the model configuration: {e}") from None
+        built.append((part, sub, method, model.to(device).eval()))
+    return ck, built
+
+
+def evaluate_run(path: Path, feats: features.FeatureSet, probe_iters: int, device="cpu") -> dict:
+    ck, built = load_run(path, feats, device)
+    C_ = ck["n_classes"]
+    idx = {s: feats.index(s) for s in ("train", "val", "test")}
+    y = {s: feats.labels[i] for s, i in idx.items()}
+    res = {"data": ck["data"], "method": ck["method"], "seed": ck["seed"], "modalities": {}}
+    for part, sub, method, model in built:
+        out = {s: evaluate_split(model, method, sub, idx[s], 1024) for s in idx}
+        fused, parts, _ = out["test"]
+        if len(built) == 1:
+            res["acc"] = _acc(fused, y["test"], C_)
+            res["macro_f1"] = float(multiclass_f1_score(fused, y["test"], num_classes=C_, average="macro"))
+            res["best_epoch"], res["best_val_acc"] = part["best_epoch"], part["best_val_acc"]
+            if feats.corrupted is not None:
+                res["acc_by_corruption"] = _by_corruption(fused, y["test"], feats.corrupted[idx["test"]], sub.names)
+        for m, name in enumerate(sub.names):
+            r = {"own": _acc(parts[m], y["test"], C_)}
+            r.update(linear_probe(out["train"][2][m], y["train"], out["val"][2][m], y["val"],
+                                  out["test"][2][m], y["test"], C_, probe_iters))
+            if len(built) > 1:
+                r["best_epoch"], r["best_val_acc"] = part["best_epoch"], part["best_val_acc"]
+            res["modalities"][name] = r
+        diag = getattr(method, "diagnostics", None)
+        if diag is not None and len(built) == 1:
+            res["diagnostics"] = diag(model, sub, idx["test"])
+    return res
+
+
+def _by_corruption(logits, y, codes, names) -> dict:
+    """Accuracy on test samples whose modality m is clean / noisy / misleading."""
+    out = {}
+    for m, name in enumerate(names):
+        for kind, code in {"clean": 0, **CORRUPTION_CODES}.items():
+            mask = codes[:, m] == code
+            if mask.any() and (codes[:, m] != 0).any():
+                out[f"{name}_{kind}"] = float((logits[mask].argmax(1) == y[mask]).float().mean())
+    return out
+
+
+def evaluate_data(params: dict, data: str, features_path: Path, root: Path = Path(".")) -> list[Path]:
+    torch.set_num_threads(params["threads"])
+    feats = features.load(features_path)
+    written = []
+    for method in params["run"]["methods"]:
+        probe_iters = C.train_config(params, data, method)["probe_epochs"]
+        for seed in params["methods"][method]["seeds"]:
+            model_path = root / "models" / data / method / f"seed{seed}" / "best.pt"
+            res = evaluate_run(model_path, feats, probe_iters)
+            out = root / "results" / "eval" / data / method / f"seed{seed}.json"
+            write_json(out, res)
+            written.append(out)
+    return written

@@ -1,0 +1,22 @@
+"""Torch-free table of the training methods: where each lives and what it supports.
+
+The config loader and the Snakefile read it without importing torch; `dyncim.methods.build`
+imports the module only when a method is trained.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Entry:
+    module: str          # module under dyncim.methods
+    cls: str             # class name in that module
+    max_modalities: int | None = None  # None: any number; 2: the paper defines it for two only
+
+
+CATALOG: dict[str, Entry] = {
+    "joint": Entry("joint", "Joint"),
+    "unimodal": Entry("unimodal", "Unimodal"),
+    "dyncim": Entry("dyncim", "DynCIM"),
+}

@@ -1,0 +1,12 @@
+"""Each modality trained alone: the reference that shows how much joint training starves one."""
+from __future__ import annotations
+
+from .base import Method
+
+
+class Unimodal(Method):
+    fusion = "sum"   # one modality, one head: its logits are the prediction
+
+    @classmethod
+    def parts(cls, n_modalities):
+        return [[m] for m in range(n_modalities)]

@@ -1,0 +1,100 @@
+"""Aggregate the per-run evaluation JSONs into results/summary.{csv,md,json} (mean ± std over seeds).
+
+summary.json is the DVC metrics file (DVC cannot read a CSV as metrics); summary.csv holds the
+same numbers in long form; summary.md is the table `make run` prints.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from pathlib import Path
+
+from .atomic import write_json, write_text
+
+
+def _stats(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values)}
+
+
+def collect(params: dict, root: Path) -> dict:
+    """{data: {method: {metric: stats}}} over the run lists of params.yaml."""
+    table = {}
+    for data in params["run"]["datasets"]:
+        table[data] = {}
+        for method in params["run"]["methods"]:
+            runs = []
+            for seed in params["methods"][method]["seeds"]:
+                path = root / "results" / "eval" / data / method / f"seed{seed}.json"
+                runs.append(json.loads(path.read_text()))
+            metrics = {}
+            for key in ("acc", "macro_f1"):
+                metrics[key] = _stats([r.get(key) for r in runs])
+            for name in runs[0]["modalities"]:
+                for key in ("own", "probe"):
+                    metrics[f"{name}_{key}"] = _stats([r["modalities"][name][key] for r in runs])
+            for key in sorted({k for r in runs for k in r.get("acc_by_corruption", {})}):
+                metrics[f"acc_{key}"] = _stats([r["acc_by_corruption"].get(key) for r in runs])
+            for key in sorted({k for r in runs for k in r.get("diagnostics", {})}):
+                metrics[key] = _stats([r.get("diagnostics", {}).get(key) for r in runs])
+            table[data][method] = {k: v for k, v in metrics.items() if v is not None}
+    return table
+
+
+def _fmt(s):
+    return "—" if s is None else f"{s['mean']:.3f} ± {s['std']:.3f}"
+
+
+def _md_table(methods: dict, names: list[str], rank: bool) -> str:
+    cols = ["acc", "macro_f1"] + [f"{n}_{k}" for n in names for k in ("own", "probe")]
+    order = list(methods)
+    if rank:
+        order.sort(key=lambda m: -(methods[m].get("acc") or {"mean": -1})["mean"])
+    lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for m in order:
+        lines.append(f"| {m} | " + " | ".join(_fmt(methods[m].get(c)) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def markdown(table: dict, params: dict) -> str:
+    out = ["# Results (test split; model chosen on validation; mean ± std over seeds)", "",
+           "`acc`, `macro_f1`: the fused prediction. Per modality, `own`: the modality's own part of the "
+           "prediction; `probe`: a linear probe on its frozen encoder (how well the encoder learned).", ""]
+    for data, methods in table.items():
+        names = [k[:-4] for k in next(iter(methods.values())) if k.endswith("_own")]
+        seeds = {m: len(params["methods"][m]["seeds"]) for m in methods}
+        out += [f"## {data}", "", f"seeds per method: {seeds}", "", _md_table(methods, names, rank=True), ""]
+        ablations = {m: v for m, v in methods.items() if params["methods"][m]["type"] == "dyncim"}
+        if len(ablations) > 1:
+            out += [f"### {data}: DynCIM ablations", "", _md_table(ablations, names, rank=False), ""]
+        extra = sorted({k for v in methods.values() for k in v
+                        if k.startswith(("acc_", "gate_", "gmr_", "hmir_", "beta_"))})
+        if extra:
+            out += [f"### {data}: diagnostics", "", "| method | " + " | ".join(extra) + " |",
+                    "|---" * (len(extra) + 1) + "|"]
+            out += [f"| {m} | " + " | ".join(_fmt(v.get(k)) for k in extra) + " |" for m, v in methods.items()]
+            out.append("")
+    return "\n".join(out)
+
+
+def write(params: dict, root: Path = Path(".")) -> str:
+    table = collect(params, root)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["data", "method", "metric", "mean", "std", "n"])
+    for data, methods in table.items():
+        for method, metrics in methods.items():
+            for metric, s in metrics.items():
+                w.writerow([data, method, metric, f"{s['mean']:.6f}", f"{s['std']:.6f}", s["n"]])
+    res = root / "results"
+    write_text(res / "summary.csv", buf.getvalue())
+    md = markdown(table, params)
+    write_text(res / "summary.md", md + "\n")
+    write_json(res / "summary.json", {d: {m: {f"{k}_{s}": round(v[s], 6) for k, v in ms.items() for s in ("mean", "std")}
+                                          for m, ms in methods.items()} for d, methods in table.items()})
+    return md

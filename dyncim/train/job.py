@@ -1,0 +1,94 @@
+"""One training job: a data configuration x method, every seed in one process.
+
+Importing torch costs over a second, so the pipeline runs one job per data configuration x
+method and this driver trains its seeds in turn; outputs stay per seed:
+  models/<data>/<method>/seed<S>/best.pt        best-on-validation weights of every part (declared output)
+  models/<data>/<method>/seed<S>/last[-<part>].pt resume checkpoint, also the last-epoch state
+  runs/<data>/<method>/seed<S>[/<modality>]/     TensorBoard logs
+  results/curves/<data>/<method>/seed<S>.csv    per-epoch history (DVC plots)
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from pathlib import Path
+
+import torch
+
+from .. import config as C
+from ..atomic import torch_save, write_text
+from ..data import features
+from ..methods import method_class
+from .loop import Trainer
+
+
+def code_version() -> str:
+    """Hash of the package's source: a resume checkpoint from other code is not resumed."""
+    h = hashlib.sha256()
+    for p in sorted(Path(__file__).resolve().parents[1].rglob("*.py")):
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def pick_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"params.yaml: device: {spec!r}, but CUDA is not available here; use auto or cpu")
+    return torch.device(spec)
+
+
+def run_paths(root: Path, data: str, method: str, seed: int) -> dict[str, Path]:
+    return {"model_dir": root / "models" / data / method / f"seed{seed}",
+            "runs": root / "runs" / data / method / f"seed{seed}",
+            "curves": root / "results" / "curves" / data / method / f"seed{seed}.csv"}
+
+
+def train_seed(params: dict, data: str, method: str, seed: int, feats: features.FeatureSet,
+               root: Path, device: torch.device) -> Path:
+    mcfg, tcfg = C.method_config(params, method), C.train_config(params, data, method)
+    paths = run_paths(root, data, method, seed)
+    fingerprint = C.run_fingerprint(params, data, method) + code_version()
+    parts = method_class(mcfg["type"]).parts(len(feats.names))
+    saved, rows = [], []
+    for modalities in parts:
+        sub = feats.subset(modalities) if len(modalities) < len(feats.names) else feats
+        name = "-".join(sub.names) if len(parts) > 1 else ""
+        trainer = Trainer(sub, mcfg, tcfg, seed, device,
+                          ckpt_path=paths["model_dir"] / (f"last-{name}.pt" if name else "last.pt"),
+                          log_dir=paths["runs"] / name if name else paths["runs"],
+                          fingerprint=fingerprint, tag=f"data={data} method={method} seed={seed}"
+                                                      + (f" part={name}" if name else ""))
+        best = trainer.fit()
+        saved.append({"modalities": modalities, "names": sub.names, "fusion": trainer.method.fusion,
+                      "best_epoch": best["epoch"], "best_val_acc": best["val_acc"], "state": best["state"],
+                      "in_dims": [v.shape[1] for v in sub.views]})
+        rows += [{"part": name or "all", **r} for r in trainer.history]
+    out = paths["model_dir"] / "best.pt"
+    torch_save({"data": data, "method": method, "seed": seed, "method_cfg": mcfg, "train_cfg": tcfg,
+                "n_classes": feats.n_classes, "names": feats.names, "parts": saved}, out)
+    _write_curves(paths["curves"], rows)
+    return out
+
+
+def _write_curves(path: Path, rows: list[dict]) -> None:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    w.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
+def train_job(params: dict, data: str, method: str, seeds: list[int], features_path: Path,
+              root: Path = Path(".")) -> list[Path]:
+    torch.set_num_threads(params["threads"])
+    device = pick_device(params["device"])
+    feats = features.load(features_path)
+    want = C.n_modalities(params["datasets"][data])
+    if len(feats.names) != want:
+        raise ValueError(f"{features_path}: has {len(feats.names)} modalities, params.yaml's "
+                         f"datasets.{data} has {want}; rerun the features step")
+    return [train_seed(params, data, method, s, feats, root, device) for s in seeds]
+

@@ -1,0 +1,206 @@
+"""The one training loop every method runs on (methods plug in through dyncim.methods.base hooks).
+
+Full-batch data lives on the training device; batches are index slices of a seeded permutation,
+so the per-step work is tensor work with no host-device synchronisation: metrics accumulate as
+tensors and are read once per epoch. Validation picks the best epoch (never the test split).
+A resume checkpoint (model, optimiser, scheduler, RNG states, method state, best state, history)
+is written atomically every `checkpoint_every` epochs; a run restarted with the same configuration
+continues from it and ends exactly as an uninterrupted run (on CPU).
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from ..atomic import torch_save
+from ..data.features import FeatureSet
+from ..methods import build as build_method
+from ..methods.base import Context
+from ..models import build_model
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class CheckpointMismatch(RuntimeError):
+    pass
+
+
+def make_optimizer(groups, cfg):
+    if cfg["optimizer"] == "sgd":
+        return torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+    return torch.optim.AdamW(groups, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+
+
+def make_scheduler(opt, cfg):
+    if cfg["lr_step"]:
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg["lr_step"], gamma=cfg["lr_gamma"])
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)
+
+
+@torch.no_grad()
+def evaluate_split(model, method, data: FeatureSet, index: torch.Tensor, batch_size: int):
+    """Fused logits (as the method predicts, label-free), per-modality logits and features."""
+    was_training = model.training
+    model.eval()
+    fused, parts, feats = [], [[] for _ in data.views], [[] for _ in data.views]
+    for start in range(0, len(index), batch_size):
+        idx = index[start:start + batch_size]
+        out = model([v[idx] for v in data.views])
+        fused.append(method.predict(model, out))
+        for m in range(len(data.views)):
+            parts[m].append(out.logits[m])
+            feats[m].append(out.feats[m])
+    model.train(was_training)
+    return torch.cat(fused), [torch.cat(p) for p in parts], [torch.cat(f) for f in feats]
+
+
+class Trainer:
+    def __init__(self, data: FeatureSet, method_cfg: dict, train_cfg: dict, seed: int,
+                 device: torch.device, ckpt_path: Path, log_dir: Path | None, fingerprint: str,
+                 tag: str = ""):
+        self.data, self.cfg, self.seed, self.device = data.to(device), train_cfg, seed, device
+        self.ckpt_path, self.log_dir, self.fingerprint, self.tag = ckpt_path, log_dir, fingerprint, tag
+        self.train_idx = self.data.index("train")
+        self.val_idx = self.data.index("val")
+        bs = train_cfg["batch_size"]
+        steps = (len(self.train_idx) + bs - 1) // bs
+        torch.manual_seed(seed)
+        self.ctx = Context(names=data.names, n_classes=data.n_classes, n_samples=len(data.labels),
+                           epochs=train_cfg["epochs"], steps_per_epoch=steps, device=device,
+                           corrupted=self.data.corrupted)
+        self.method = build_method(method_cfg, self.ctx)
+        self.model = build_model([v.shape[1] for v in data.views], data.n_classes,
+                                 self.method.fusion, train_cfg).to(device)
+        self.method.setup(self.model)
+        self.model.to(device)
+        self.optimizer = make_optimizer(self.method.param_groups(self.model), train_cfg)
+        self.scheduler = make_scheduler(self.optimizer, train_cfg)
+        self.shuffle = torch.Generator().manual_seed(seed)
+        self.epoch = 0
+        self.best = {"val_acc": -1.0, "epoch": -1, "state": None}
+        self.history: list[dict] = []
+        self.global_step = 0
+
+    # --- checkpoints --------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {"fingerprint": self.fingerprint, "epoch": self.epoch, "global_step": self.global_step,
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "method": self.method.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+                "best": self.best, "history": self.history}
+
+    def save_checkpoint(self) -> None:
+        torch_save(self.state(), self.ckpt_path)
+
+    def try_resume(self) -> bool:
+        if not self.ckpt_path.exists():
+            return False
+        try:
+            s = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
+        except Exception as e:
+            raise CheckpointMismatch(f"{self.ckpt_path}: unreadable checkpoint ({e}); delete it to start over") from None
+        if s.get("fingerprint") != self.fingerprint:
+            return False  # a checkpoint of another configuration or code version: start afresh
+        try:
+            self.model.load_state_dict(s["model"])
+        except RuntimeError as e:
+            raise CheckpointMismatch(f"{self.ckpt_path}: does not fit this model configuration: {e}") from None
+        self.optimizer.load_state_dict(s["optimizer"])
+        self.scheduler.load_state_dict(s["scheduler"])
+        self.method.load_state_dict(s["method"])
+        torch.set_rng_state(s["rng"]["torch"].cpu())
+        self.shuffle.set_state(s["rng"]["shuffle"].cpu())
+        if s["rng"]["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([t.cpu() for t in s["rng"]["cuda"]])
+        self.epoch, self.global_step = s["epoch"], s["global_step"]
+        self.best, self.history = s["best"], s["history"]
+        return True
+
+    # --- training -----------------------------------------------------------------------------
+    def train_epoch(self):
+        model, method, data = self.model, self.method, self.data
+        model.train()
+        bs = self.cfg["batch_size"]
+        perm = self.train_idx[torch.randperm(len(self.train_idx), generator=self.shuffle).to(self.device)]
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        first_bad = torch.full((), -1, device=self.device, dtype=torch.long)
+        for step, start in enumerate(range(0, len(perm), bs)):
+            idx = perm[start:start + bs]
+            xs = [v[idx] for v in data.views]
+            y = data.labels[idx]
+            out = method.forward(model, xs, idx)
+            loss, logits = method.loss(out, y, idx)
+            self.optimizer.zero_grad(set_to_none=True)
+            method.backward(loss, model, out, y)
+            method.after_backward(model, out, y)
+            self.optimizer.step()
+            method.after_step(model)
+            loss = loss.detach()
+            bad = ~torch.isfinite(loss)
+            first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
+            loss_sum += torch.where(bad, torch.zeros_like(loss), loss) * len(idx)
+            correct += (logits.detach().argmax(1) == y).sum()
+            self.global_step += 1
+        if (s := int(first_bad)) >= 0:
+            raise NonFiniteLoss(f"{self.tag}: non-finite loss at epoch {self.epoch + 1}, step {s + 1}; "
+                                f"lower the learning rate or check the inputs")
+        n = len(perm)
+        return float(loss_sum) / n, float(correct) / n
+
+    def validate(self) -> dict:
+        fused, parts, _ = evaluate_split(self.model, self.method, self.data, self.val_idx,
+                                         self.cfg["eval_batch_size"])
+        y = self.data.labels[self.val_idx]
+        res = {"val_loss": float(F.cross_entropy(fused, y)), "val_acc": float((fused.argmax(1) == y).float().mean())}
+        for name, z in zip(self.data.names, parts):
+            res[f"val_acc_{name}"] = float((z.argmax(1) == y).float().mean())
+        return res
+
+    def fit(self) -> dict:
+        """Train to the configured number of epochs (resuming if possible); return the best state."""
+        self.try_resume()
+        writer = None
+        if self.log_dir is not None and self.epoch < self.cfg["epochs"]:
+            from torch.utils.tensorboard import SummaryWriter
+            # purge_step drops events past the checkpoint that a killed run may have written
+            writer = SummaryWriter(str(self.log_dir), purge_step=self.epoch + 1)
+        try:
+            while self.epoch < self.cfg["epochs"]:
+                self.method.on_epoch_start(self.epoch, self)
+                lr = self.optimizer.param_groups[0]["lr"]
+                train_loss, train_acc = self.train_epoch()
+                self.scheduler.step()
+                row = {"epoch": self.epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
+                       **self.validate()}
+                if row["val_acc"] > self.best["val_acc"]:
+                    self.best = {"val_acc": row["val_acc"], "epoch": row["epoch"],
+                                 "state": copy.deepcopy(self.model.state_dict())}
+                self.method.on_epoch_end(self.epoch, self)
+                self.history.append(row)
+                self.epoch += 1
+                if writer is not None:
+                    self._log(writer, row)
+                if self.epoch % self.cfg["checkpoint_every"] == 0 or self.epoch == self.cfg["epochs"]:
+                    self.save_checkpoint()
+        finally:
+            if writer is not None:
+                writer.close()
+        return self.best
+
+    def _log(self, writer, row):
+        e = row["epoch"]
+        writer.add_scalar("loss/train", row["train_loss"], e)
+        writer.add_scalar("loss/val", row["val_loss"], e)
+        writer.add_scalar("acc/train", row["train_acc"], e)
+        writer.add_scalar("acc/val", row["val_acc"], e)
+        writer.add_scalar("lr", row["lr"], e)
+        for name in self.data.names:
+            writer.add_scalar(f"acc_modality/val_{name}", row[f"val_acc_{name}"], e)
+        self.method.log(writer, e, self)
