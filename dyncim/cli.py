@@ -67,7 +67,9 @@ def cmd_evaluate(args):
 
 def cmd_report(args):
     from .report import write
-    print(write(_params(args), Path(args.root)))
+    md = write(_params(args), Path(args.root))
+    if not args.quiet:
+        print(md)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -106,6 +108,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--root", default=".")
     s = add("report", cmd_report, "aggregate results into results/summary.*")
     s.add_argument("--root", default=".")
+    s.add_argument("--quiet", action="store_true", help="write the files, print nothing")
     return ap
 
 

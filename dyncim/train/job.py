@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .. import config as C
-from ..atomic import torch_save, write_text
+from ..atomic import torch_save, write_json, write_text
 from ..data import features
 from ..methods import method_class
 from .loop import Trainer
@@ -90,5 +90,9 @@ def train_job(params: dict, data: str, method: str, seeds: list[int], features_p
     if len(feats.names) != want:
         raise ValueError(f"{features_path}: has {len(feats.names)} modalities, params.yaml's "
                          f"datasets.{data} has {want}; rerun the features step")
-    return [train_seed(params, data, method, s, feats, root, device) for s in seeds]
+    paths = [train_seed(params, data, method, s, feats, root, device) for s in seeds]
+    # The job's declared output, written last: it exists only when every seed is done.
+    write_json(root / "models" / data / method / "manifest.json",
+               {"data": data, "method": method, "seeds": {str(s): str(p) for s, p in zip(seeds, paths)}})
+    return paths
 

@@ -1,0 +1,35 @@
+# `make run`: the whole embedded benchmark; `make test`: the test suite. Both create .venv first.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: run test test-fast repro bench tensorboard clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[test]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	snakemake --cores all
+	@cat results/summary.md
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+repro: $(STAMP)
+	dvc repro
+
+bench: $(STAMP)
+	$(PY) -m dyncim.bench
+
+tensorboard: $(STAMP)
+	tensorboard --logdir runs
+
+clean:
+	rm -rf data models runs results bench .snakemake dvc.lock

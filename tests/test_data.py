@@ -1,0 +1,135 @@
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from dyncim import config as C
+from dyncim.data import features as F
+from dyncim.data import synthetic as S
+from dyncim.data.mfeat import read_view
+from dyncim.data.splits import read_split, stratified_split, write_split
+from tests.conftest import REPO
+
+PARAMS = C.resolve(yaml.safe_load((REPO / "params.yaml").read_text()))
+
+
+def syn_cfg(**kw):
+    cfg = {"modalities": ["dominant", "xor"], **kw}
+    return C._fill_defaults(C.load_schema()["$defs"]["synthetic"], cfg)
+
+
+def test_synthetic_is_deterministic_balanced_and_records_corruption():
+    cfg = syn_cfg(per_class=50, corrupt=[{"modality": 0, "kind": "misleading", "fraction": 0.2},
+                                         {"modality": 1, "kind": "noisy", "fraction": 0.1}])
+    a, b = S.generate(cfg), S.generate(cfg)
+    assert all(np.array_equal(x, y) for x, y in zip(a["views"], b["views"]))
+    assert np.bincount(a["labels"]).tolist() == [50] * 8
+    codes = a["corrupted"]
+    assert (codes[:, 0] == S.MISLEADING).sum() == 80 and (codes[:, 1] == S.NOISY).sum() == 40
+    assert set(np.unique(codes[:, 0])) == {0, 2}
+    c = S.generate({**cfg, "seed": 1})
+    assert not np.array_equal(a["views"][0], c["views"][0])
+
+
+def test_misleading_samples_point_at_another_class():
+    cfg = syn_cfg(per_class=200, dominant={"dim": 256, "scale": 0.5},
+                  corrupt=[{"modality": 0, "kind": "misleading", "fraction": 0.25}])
+    g = S.generate(cfg)
+    x, y, bad = g["views"][0], g["labels"], g["corrupted"][:, 0] == S.MISLEADING
+    means = np.stack([x[(y == c) & ~bad].mean(0) for c in range(8)])
+    nearest = np.argmax(x @ means.T, axis=1)
+    assert (nearest[~bad] == y[~bad]).mean() > 0.95        # clean: its own class
+    assert (nearest[bad] == y[bad]).mean() < 0.05          # misleading: confidently another class
+
+
+def test_xor_modality_is_invisible_linearly_but_decodable():
+    def decoded(g):
+        x = g["views"][1]
+        bits = (np.sign(x[:, 0:6:2] * x[:, 1:6:2]) > 0).astype(int)
+        return bits[:, 0] + 2 * bits[:, 1] + 4 * bits[:, 2]
+    # the class code is exactly the signs of the coordinate-pair products; noise flips some
+    exact = S.generate(syn_cfg(per_class=300, xor={"noise": 0.0, "noise_dims": 10}))
+    assert (decoded(exact) == exact["labels"]).all()
+    g = S.generate(syn_cfg(per_class=300))
+    x, y = g["views"][1], g["labels"]
+    assert 0.7 < (decoded(g) == y).mean() < 1.0
+    # no linear signal: class means of every coordinate are near zero
+    means = np.stack([x[y == c].mean(0) for c in range(8)])
+    assert np.abs(means).max() < 0.25
+
+
+def test_stratified_split_is_fixed_and_balanced(tmp_path):
+    labels = np.repeat(np.arange(10), 200)
+    s1, s2 = stratified_split(labels, 0.6, 0.2, 0), stratified_split(labels, 0.6, 0.2, 0)
+    assert (s1 == s2).all() and not (s1 == stratified_split(labels, 0.6, 0.2, 1)).all()
+    for c in range(10):
+        counts = {k: int(((labels == c) & (s1 == k)).sum()) for k in ("train", "val", "test")}
+        assert counts == {"train": 120, "val": 40, "test": 40}
+    write_split(tmp_path / "s.csv", labels, s1)
+    assert (read_split(tmp_path / "s.csv", labels) == s1).all()
+
+
+def test_split_file_errors(tmp_path):
+    labels = np.array([0, 1, 0, 1])
+    p = tmp_path / "s.csv"
+    p.write_text("index,label,split\n0,0,train\n1,1,val\n2,0,test\n7,1,train\n")
+    with pytest.raises(ValueError, match="index 7 does not exist"):
+        read_split(p, labels)
+    p.write_text("index,label,split\n0,0,train\n1,1,val\n2,0,test\n")
+    with pytest.raises(ValueError, match="3 rows"):
+        read_split(p, labels)
+    p.write_text("index,label,split\n0,0,train\n1,0,val\n2,0,test\n3,1,train\n")
+    with pytest.raises(ValueError, match="sample 1 has label 0"):
+        read_split(p, labels)
+
+
+def test_features_standardise_with_train_statistics_only(tmp_path):
+    ds = PARAMS["datasets"]["synthetic-bi"] | {"synthetic": syn_cfg(per_class=40)}
+    F.make_split(ds, PARAMS["split"], None, tmp_path / "s.csv")
+    F.build(ds, None, tmp_path / "s.csv", tmp_path / "f.pt")
+    fs = F.load(tmp_path / "f.pt")
+    tr, te = fs.index("train"), fs.index("test")
+    for v in fs.views:
+        assert torch.allclose(v[tr].mean(0), torch.zeros(v.shape[1]), atol=1e-5)
+        assert torch.allclose(v[tr].std(0, unbiased=False), torch.ones(v.shape[1]), atol=1e-4)
+        assert v[te].mean(0).abs().max() > 1e-3  # test statistics were not used
+    assert fs.corrupted.shape == (320, 2) and fs.names == ["dominant", "xor"]
+
+
+def _save(tmp_path, **over):
+    fs = {"format": 1, "names": ["a"], "n_classes": 2, "views": [torch.zeros(6, 3)],
+          "labels": torch.tensor([0, 1, 0, 1, 0, 1]), "split": torch.tensor([0, 0, 1, 1, 2, 2], dtype=torch.int8),
+          "corrupted": None, **over}
+    torch.save(fs, tmp_path / "f.pt")
+    return tmp_path / "f.pt"
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"labels": torch.tensor([0, 1, 0, 5, 0, 1])}, "labels out of range"),
+    ({"labels": torch.tensor([0.0, 1, 0, 1, 0, 1])}, "int64"),
+    ({"views": [torch.zeros(5, 3)]}, "view 'a' must be float32 of shape \\(6, d\\)"),
+    ({"views": [torch.zeros(6, 3, dtype=torch.float64)]}, "float64"),
+    ({"split": torch.tensor([0, 0, 0, 1, 1, 1], dtype=torch.int8)}, "test split is empty"),
+])
+def test_feature_file_errors(tmp_path, over, message):
+    with pytest.raises(ValueError, match=message):
+        F.load(_save(tmp_path, **over))
+
+
+def test_truncated_feature_file(tmp_path):
+    p = _save(tmp_path)
+    p.write_bytes(p.read_bytes()[:100])
+    with pytest.raises(ValueError, match="not a readable feature file"):
+        F.load(p)
+
+
+def test_mfeat_csv_errors(tmp_path):
+    (tmp_path / "mfeat-mor.csv").write_text("0,1,2,3,4,5,0\n" + "1,2,3,4,5,6,0\n" * 10)
+    with pytest.raises(ValueError, match=r"shape \(10, 7\), expected \(2000, 7\)"):
+        read_view(tmp_path, "mor")
+    rows = "\n".join("1,2,3,4,5,6,12" for _ in range(2000))
+    (tmp_path / "mfeat-mor.csv").write_text("h\n" + rows)
+    with pytest.raises(ValueError, match="labels must be integers in \\[0, 9\\]"):
+        read_view(tmp_path, "mor")
+    with pytest.raises(FileNotFoundError, match="mfeat-zer.csv: missing"):
+        read_view(tmp_path, "zer")
