@@ -31,6 +31,9 @@ class CheckpointMismatch(RuntimeError):
 
 
 def make_optimizer(groups, cfg):
+    # a group may carry `lr_mult` (a method's own learning-rate multiplier, e.g. DynCIM's gate)
+    groups = [{**{k: v for k, v in g.items() if k != "lr_mult"}, "lr": cfg["lr"] * g.get("lr_mult", 1.0)}
+              for g in groups]
     if cfg["optimizer"] == "sgd":
         return torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
     return torch.optim.AdamW(groups, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
