@@ -19,4 +19,12 @@ CATALOG: dict[str, Entry] = {
     "joint": Entry("joint", "Joint"),
     "unimodal": Entry("unimodal", "Unimodal"),
     "dyncim": Entry("dyncim", "DynCIM"),
+    "ogm-ge": Entry("ogm_ge", "OGMGE"),
+    "gblending": Entry("gblending", "GBlending"),
+    "pmr": Entry("pmr", "PMR"),
+    "agm": Entry("agm", "AGM"),
+    "mmpareto": Entry("mmpareto", "MMPareto"),
+    "mla": Entry("mla", "MLA"),
+    "relearning": Entry("relearning", "Relearning"),
+    "reconboost": Entry("reconboost", "ReconBoost"),
 }

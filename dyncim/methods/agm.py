@@ -1,0 +1,176 @@
+"""AGM: adaptive gradient modulation from Shapley-style mono-modal outputs.
+
+Li, Li, Hu, Lei, Li and Zhou, "Boosting Multi-modal Model Performance with Adaptive Gradient
+Modulation", ICCV 2023 (official code: github.com/lihong2303/AGM_ICCV2023; `model/CREMAD_net.py`
+and `run/CREMAD_main.py` for two modalities, `model/URFunny_net.py` and `run/URFunny_main.py`
+for three).
+
+Mechanism, per training step:
+  f(S)  = the fused logits with the modalities outside S zeroed at the input (S a subset of the
+          M modalities; 2^M fusion passes);
+  m_i   = Shapley value of modality i in the game f, plus f(empty)/M, so that sum_i m_i = f(all)
+          (the official code's split: for two modalities m_a = (f(a,v) - f(v) + f(a)) / 2);
+  s_i   = mean over the batch of -log max(softmax(m_i)[y], 1e-8)   (the mono-score, a loss);
+  r_i   = exp(M/(M-1) * (mean_j s_j - s_i))            (current relative strength; 2 modalities:
+          r_a = exp(s_v - s_a));
+  r*_i  = the same from the running averages sbar_i of s_i over every step so far;
+  c_i   = exp(alpha * min(r*_i - r_i, cap));
+  the loss is the cross-entropy of sum_i m_i, with the gradient reaching m_i scaled by c_i
+  (the official backward hooks on the mono outputs), within the modulation window only;
+  the running averages sbar_i are then updated with s_i (every step, in or out of the window);
+  after backward, if any fusion-weight gradient leaves [-clip, clip], all gradients are clipped
+  to total norm `clip` (as the official loop does for AGM).
+
+Epochs: the official loop counts epochs from 1 and modulates when starts <= epoch <= ends;
+`modulation_starts`/`modulation_ends` here use the same 1-based count (default 0..20: the
+first 20 epochs).
+
+Deviations from the official code (also listed in /work/snippets/agm.yaml):
+- The official code runs the zero-padded passes as whole extra forwards of the network in eval
+  mode (dropout off) while f(all) runs in train mode. Here every f(S) reuses the training-mode
+  features of the present modalities and only the encoders of zeroed modalities run (once, on a
+  single zero row, in eval mode): identical without dropout (our default), cheaper with it, and
+  the Shapley parts then add up to the training forward exactly.
+- Outside the modulation window the official hooks keep the last coefficients set inside it
+  (update_scale is not called there, the hooks still fire), so modulation never really stops
+  after `modulation_ends`; we use coefficient 1 outside the window.
+- The coefficients are computed in the `loss` hook (the `forward` hook gets no labels) and
+  applied as c * m + (1 - c) * m.detach(), whose gradient is the official backward hook's
+  scaling. They stay on the device (no `.item()`/`math.exp` per step); the official code loops
+  over samples in Python.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.nn import functional as F
+
+from ..models.multimodal import Output
+from .base import Method
+
+
+def coalition_outputs(model, feats: list[torch.Tensor], zero_feats: list[torch.Tensor]) -> list[torch.Tensor]:
+    """f(S) for every subset S (bit m of the index set = modality m present)."""
+    n = len(feats)
+    outs = []
+    for s in range(2 ** n):
+        fs = [feats[m] if s >> m & 1 else zero_feats[m] for m in range(n)]
+        outs.append(model.fusion(fs)[0])
+    return outs
+
+
+def shapley_mono(outs: list[torch.Tensor], n: int) -> list[torch.Tensor]:
+    """m_i = Shapley value of i in the game S -> f(S), plus f(empty)/n (so sum_i m_i = f(all))."""
+    mono = []
+    for i in range(n):
+        acc = outs[0] / n
+        for s in range(2 ** n):
+            if s >> i & 1:
+                continue
+            k = bin(s).count("1")
+            w = math.factorial(k) * math.factorial(n - k - 1) / math.factorial(n)
+            acc = acc + w * (outs[s | 1 << i] - outs[s])
+        mono.append(acc)
+    return mono
+
+
+def mono_scores(mono: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+    """(M,) batch mean of -log p(y) of each mono output, p clamped at 1e-8 (as the official code)."""
+    logp = torch.stack([F.log_softmax(z.detach(), dim=1).gather(1, y[:, None]).squeeze(1) for z in mono])
+    return (-logp.clamp(min=math.log(1e-8))).mean(1)
+
+
+def agm_coefficients(scores: torch.Tensor, running: torch.Tensor, alpha: float, cap: float):
+    """(ratio, optimal_ratio, coefficient), each (M,)."""
+    n = scores.numel()
+    f = n / (n - 1)
+    ratio = torch.exp(f * (scores.mean() - scores))
+    optimal = torch.exp(f * (running.mean() - running))
+    coef = torch.exp(alpha * torch.clamp(optimal - ratio, max=cap))
+    return ratio, optimal, coef
+
+
+class AGM(Method):
+    def __init__(self, cfg, ctx):
+        super().__init__(cfg, ctx)
+        self.fusion = cfg.get("fusion", "concat")
+        if ctx.n_modalities < 2:
+            raise ValueError("agm: needs at least two modalities")
+        n = ctx.n_modalities
+        self.epoch = 1
+        self.running = torch.zeros(n, device=ctx.device)   # sbar_i, averaged over all steps so far
+        self.iteration = 0
+        self._coef_sum = torch.zeros(n, device=ctx.device)
+        self._score_sum = torch.zeros(n, device=ctx.device)
+        self._steps = 0
+
+    def active(self) -> bool:
+        return self.cfg["modulation_starts"] <= self.epoch <= self.cfg["modulation_ends"]
+
+    # --- per step -----------------------------------------------------------------------------
+    def forward(self, model, xs, idx):
+        feats = model.encode(xs)
+        zero_feats = []
+        for enc, x, h in zip(model.encoders, xs, feats):
+            was = enc.training
+            enc.eval()
+            z = enc(torch.zeros(1, *x.shape[1:], dtype=x.dtype, device=x.device))
+            enc.train(was)
+            zero_feats.append(z.expand_as(h))
+        outs = coalition_outputs(model, feats, zero_feats)
+        mono = shapley_mono(outs, len(feats))
+        return Output(feats, mono, outs[-1])
+
+    def loss(self, out, y, idx):
+        mono = out.logits
+        scores = mono_scores(mono, y)
+        self.iteration += 1
+        t = self.iteration
+        if self.active():
+            _, _, coef = agm_coefficients(scores, self.running, self.cfg["alpha"], self.cfg["cap"])
+            fused = sum(c * z + (1 - c) * z.detach() for c, z in zip(coef, mono))
+            self._coef_sum += coef
+            self._steps += 1
+        else:
+            fused = sum(mono)
+        self._score_sum += scores
+        self.running.mul_((t - 1) / t).add_(scores / t)
+        return F.cross_entropy(fused, y), out.fused
+
+    def after_backward(self, model, out, y):
+        clip = self.cfg["grad_clip"]
+        if not clip:
+            return
+        head = [p.grad for p in model.fusion.parameters() if p.grad is not None and p.dim() >= 2]
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if not head or not grads:
+            return
+        exceeds = torch.stack([g.abs().max() for g in head]).max() > clip
+        total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        scale = torch.where(exceeds, torch.clamp(clip / (total + 1e-6), max=1.0), torch.ones_like(total))
+        for g in grads:
+            g.mul_(scale)
+
+    # --- per epoch ----------------------------------------------------------------------------
+    def on_epoch_start(self, epoch, trainer):
+        self.epoch = epoch + 1          # the official loop counts epochs from 1
+        self._coef_sum.zero_()
+        self._score_sum.zero_()
+        self._steps = 0
+
+    def log(self, writer, epoch, trainer):
+        steps = max(1, self.ctx.steps_per_epoch)
+        scores = (self._score_sum / steps).tolist()
+        coef = (self._coef_sum / self._steps).tolist() if self._steps else [1.0] * len(scores)
+        for name, s, c in zip(self.ctx.names, scores, coef):
+            writer.add_scalar(f"agm/mono_score_{name}", s, epoch)
+            writer.add_scalar(f"agm/coefficient_{name}", c, epoch)
+
+    # --- resume -------------------------------------------------------------------------------
+    def state_dict(self):
+        return {"running": self.running.clone(), "iteration": self.iteration}
+
+    def load_state_dict(self, state):
+        self.running.copy_(state["running"].to(self.running.device))
+        self.iteration = int(state["iteration"])

@@ -1,0 +1,149 @@
+"""G-Blending: the OGR weights against a hand computation, the blended loss, the unimodal heads,
+the estimate on train/validation (never test), and short training runs (probe and trajectory)."""
+import copy
+import math
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from dyncim.data.features import FeatureSet
+from dyncim.methods.base import Context
+from dyncim.methods.catalog import CATALOG, Entry
+from dyncim.methods.gblending import GBlending, ogr_weights
+from dyncim.models import build_model
+from dyncim.train.loop import Trainer
+
+PARAMS = {"type": "gblending", "super_epoch": 2, "estimate": "probe", "unimodal_heads": "separate",
+          "eps": 1e-8}
+TRAIN = {"epochs": 3, "batch_size": 16, "eval_batch_size": 64, "optimizer": "sgd", "lr": 0.05,
+         "momentum": 0.9, "weight_decay": 1e-4, "lr_step": 0, "lr_gamma": 0.1, "hidden": [8],
+         "dropout": 0.0, "checkpoint_every": 1}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def ctx(n=2):
+    return Context(names=["a", "b", "c"][:n], n_classes=3, n_samples=100, epochs=3,
+                   steps_per_epoch=4, device=torch.device("cpu"))
+
+
+def test_weights_from_given_losses_match_hand_computation():
+    t0 = torch.tensor([1.0, 1.0, 1.0])
+    v0 = torch.tensor([1.2, 1.1, 1.2])
+    t1 = torch.tensor([0.5, 0.8, 0.3])
+    v1 = torch.tensor([0.9, 0.8, 1.3])
+    # head a: dG = 1.2 - 0.9 = 0.3, dO = (0.9 - 0.5) - (1.2 - 1.0) = 0.2 -> 0.3 / 0.04 = 7.5
+    # head b: dG = 0.3, dO = (0.8 - 0.8) - (1.1 - 1.0) = -0.1 -> 0.3 / 0.01 = 30
+    # fused: validation loss rose (dG = -0.1): no generalisation gain, weight 0
+    w = ogr_weights(t0, v0, t1, v1)
+    assert w.tolist() == pytest.approx([7.5 / 37.5, 30 / 37.5, 0.0], rel=1e-5)
+    assert float(w.sum()) == pytest.approx(1.0)
+
+
+def test_no_gain_anywhere_gives_uniform_weights_and_zero_do_is_floored():
+    w = ogr_weights(torch.tensor([1.0, 1.0]), torch.tensor([1.0, 1.0]),
+                    torch.tensor([0.5, 0.4]), torch.tensor([1.1, 1.0]))
+    assert w.tolist() == pytest.approx([0.5, 0.5])
+    # dO = 0 for the first head: it gets (nearly) all the weight, and nothing is inf/nan
+    w = ogr_weights(torch.tensor([1.0, 1.0]), torch.tensor([1.5, 1.5]),
+                    torch.tensor([0.5, 0.5]), torch.tensor([1.0, 1.2]), eps=1e-8)
+    assert torch.isfinite(w).all() and float(w[0]) > 0.999
+
+
+@pytest.mark.parametrize("n_mod", [2, 3])
+def test_loss_is_the_weighted_sum_of_unimodal_and_fused_cross_entropies(n_mod):
+    torch.manual_seed(0)
+    dims = [5, 4, 6][:n_mod]
+    model = build_model(dims, 3, GBlending.fusion, {"hidden": [8], "dropout": 0.0})
+    method = GBlending(dict(PARAMS), ctx(n_mod))
+    method.setup(model)
+    method.weights = torch.arange(1.0, n_mod + 2) / sum(range(1, n_mod + 2))
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.randn(20, d, generator=g) for d in dims]
+    y = torch.randint(0, 3, (20,), generator=g)
+    out = method.forward(model, xs, None)
+    loss, logits = method.loss(out, y, None)
+    with torch.no_grad():
+        feats = [e(x) for e, x in zip(model.encoders, xs)]
+        ces = [F.cross_entropy(h(f), y) for h, f in zip(model.extra["gb_heads"], feats)]
+        ces.append(F.cross_entropy(model.fusion.fc(torch.cat(feats, 1)), y))
+    expect = sum(float(w) * float(c) for w, c in zip(method.weights, ces))
+    assert float(loss.detach()) == pytest.approx(expect, rel=1e-5)
+    assert torch.equal(logits, out.fused)
+
+
+def test_slice_heads_are_the_concat_head_slices():
+    torch.manual_seed(0)
+    model = build_model([5, 4], 3, "concat", {"hidden": [8], "dropout": 0.0})
+    method = GBlending({**PARAMS, "unimodal_heads": "slice"}, ctx())
+    method.setup(model)
+    assert "gb_heads" not in model.extra
+    xs = [torch.randn(7, 5), torch.randn(7, 4)]
+    out = method.forward(model, xs, None)
+    w, b = model.fusion.fc.weight, model.fusion.fc.bias
+    assert torch.allclose(out.logits[1], out.feats[1] @ w[:, 8:].T + b / 2)
+    assert torch.allclose(method._head_logits(model, xs, 0), out.logits[0])
+
+
+def tiny(n_mod, n=60, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 3
+    views = [(torch.randn(3, d, generator=g)[labels] + torch.randn(n, d, generator=g)).float()
+             for d in [5, 4, 6][:n_mod]]
+    split = torch.zeros(n, dtype=torch.int8)
+    split[36:48], split[48:] = 1, 2
+    return FeatureSet(["a", "b", "c"][:n_mod], 3, views, labels, split, None)
+
+
+def trainer(n_mod, params, tmp_path, epochs=3):
+    return Trainer(tiny(n_mod), params, {**TRAIN, "epochs": epochs}, 0, torch.device("cpu"),
+                   tmp_path / "last.pt", None, "x")
+
+
+@pytest.mark.parametrize("n_mod", [2, 3])
+def test_probe_training_runs_and_reweights(n_mod, tmp_path, monkeypatch):
+    monkeypatch.setitem(CATALOG, "gblending", Entry("gblending", "GBlending"))
+    tr = trainer(n_mod, dict(PARAMS), tmp_path)
+    before = copy.deepcopy(tr.model.state_dict())
+    probes = []
+    orig = tr.method._probe
+    monkeypatch.setattr(tr.method, "_probe", lambda t: probes.append(t.epoch) or orig(t))
+    tr.fit()
+    assert probes == [0, 2]                          # every super_epoch = 2 epochs, from the start
+    w = tr.method.weights
+    assert w.shape == (n_mod + 1,) and torch.isfinite(w).all() and (w >= 0).all()
+    assert float(w.sum()) == pytest.approx(1.0)
+    assert not torch.allclose(w, torch.full_like(w, 1 / (n_mod + 1)))
+    assert all(math.isfinite(r["train_loss"]) for r in tr.history)
+    after = tr.model.state_dict()
+    for key in ["encoders.0.net.0.weight", "fusion.fc.weight", "extra.gb_heads.0.weight"]:
+        assert not torch.equal(before[key], after[key]), key
+
+
+def test_trajectory_estimate_uses_train_and_validation_losses(tmp_path, monkeypatch):
+    monkeypatch.setitem(CATALOG, "gblending", Entry("gblending", "GBlending"))
+    tr = trainer(2, {**PARAMS, "estimate": "trajectory"}, tmp_path, epochs=4)
+    tr.fit()
+    m, model, data = tr.method, tr.model, tr.data
+    assert float(m.weights.sum()) == pytest.approx(1.0) and torch.isfinite(m.weights).all()
+    # the stored checkpoint losses are those of the final model on train and on val (not test)
+    model.eval()
+    with torch.no_grad():
+        for part, stored in zip(("train", "val"), m.ref):
+            idx = data.index(part)
+            feats = [e(v[idx]) for e, v in zip(model.encoders, data.views)]
+            logits = [h(f) for h, f in zip(model.extra["gb_heads"], feats)] + [model(
+                [v[idx] for v in data.views]).fused]
+            expect = [float(F.cross_entropy(z, data.labels[idx])) for z in logits]
+            assert stored.tolist() == pytest.approx(expect, rel=1e-5)
+    state = m.state_dict()
+    fresh = GBlending({**PARAMS, "estimate": "trajectory"}, tr.ctx)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.weights, m.weights) and torch.equal(fresh.ref[1], m.ref[1])

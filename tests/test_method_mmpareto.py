@@ -1,0 +1,165 @@
+"""MMPareto: the two-task min-norm closed form, the non-conflict guarantee, the official magnitude
+rule, the hook on a real model (2 and 3 modalities), and a short training run."""
+import copy
+import math
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from dyncim.data.features import FeatureSet
+from dyncim.methods.base import Context
+from dyncim.methods.catalog import CATALOG, Entry
+from dyncim.methods.mmpareto import MMPareto, pareto_combine
+from dyncim.models import build_model
+from dyncim.train.loop import Trainer
+
+PARAMS = {"type": "mmpareto", "gamma": 1.5, "rescale": "tensor"}
+TRAIN = {"epochs": 3, "batch_size": 16, "eval_batch_size": 64, "optimizer": "sgd", "lr": 0.05,
+         "momentum": 0.9, "weight_decay": 1e-4, "lr_step": 0, "lr_gamma": 0.1, "hidden": [8],
+         "dropout": 0.0, "checkpoint_every": 1}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def ctx(n=2):
+    return Context(names=["a", "b", "c"][:n], n_classes=3, n_samples=100, epochs=3,
+                   steps_per_epoch=4, device=torch.device("cpu"))
+
+
+def dot(xs, ys):
+    return sum(float((x * y).sum()) for x, y in zip(xs, ys))
+
+
+def test_closed_form_on_a_2d_conflict():
+    g_mm, g_uni = [torch.tensor([1.0, 0.0])], [torch.tensor([-1.0, 1.0])]
+    # by hand: |c (1,0) + (1-c) (-1,1)|^2 = (2c-1)^2 + (1-c)^2, minimum at c = 0.6
+    grid = [i / 10000 for i in range(10001)]
+    c = min(grid, key=lambda c: (2 * c - 1) ** 2 + (1 - c) ** 2)
+    assert c == pytest.approx(0.6)
+    d = [2 * (c * 1.0 + (1 - c) * -1.0), 2 * (1 - c) * 1.0]          # (0.4, 0.8)
+    scale = max(1.0 / math.hypot(*d), 1.0)                         # |g_mm + g_uni| = |(0, 1)| = 1
+    new, conflict, cos = pareto_combine(g_mm, g_uni, gamma=1.0)
+    assert bool(conflict) and float(cos) == pytest.approx(-1 / math.sqrt(2))
+    assert new[0].tolist() == pytest.approx([d[0] * scale, d[1] * scale], rel=1e-5)
+    # the min-norm element is equally aligned with both tasks
+    assert dot(new, g_mm) == pytest.approx(dot(new, g_uni), rel=1e-5)
+    assert dot(new, g_mm) > 0
+    new15, _, _ = pareto_combine(g_mm, g_uni, gamma=1.5)
+    assert new15[0].tolist() == pytest.approx([1.5 * d[0] * scale, 1.5 * d[1] * scale], rel=1e-5)
+
+
+def test_no_conflict_is_the_plain_sum_times_gamma():
+    g_mm = [torch.tensor([1.0, 0.0]), torch.tensor([2.0])]
+    g_uni = [torch.tensor([1.0, 1.0]), torch.tensor([0.5])]
+    new, conflict, _ = pareto_combine(g_mm, g_uni, gamma=1.5)
+    assert not bool(conflict)
+    assert new[0].tolist() == pytest.approx([3.0, 1.5])
+    assert new[1].tolist() == pytest.approx([3.75])
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_combined_gradient_never_opposes_either_task(seed):
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(4, 3), (4,), (2, 4), (2,)]
+    g_mm = [torch.randn(s, generator=g) * 3 for s in shapes]
+    # half of the seeds strongly conflicting
+    g_uni = [(-0.8 if seed % 2 else 0.3) * a + torch.randn(a.shape, generator=g) for a in g_mm]
+    new, conflict, _ = pareto_combine(g_mm, g_uni, gamma=1.5, scope="encoder")
+    assert bool(conflict) == (dot(g_mm, g_uni) <= 0)
+    assert dot(new, g_mm) >= -1e-5 and dot(new, g_uni) >= -1e-5
+    # magnitude: max(|g_mm + g_uni|, |d|) * gamma where d = 2 (c g_mm + (1 - c) g_uni)
+    ref = math.sqrt(sum(float(((a + b) ** 2).sum()) for a, b in zip(g_mm, g_uni)))
+    norm = math.sqrt(dot(new, new))
+    assert norm >= 1.5 * ref * (1 - 1e-5)
+
+
+def test_tensor_scope_follows_the_official_per_tensor_rule():
+    g = torch.Generator().manual_seed(3)
+    g_mm = [torch.randn(3, 2, generator=g), torch.randn(5, generator=g) * 10]
+    g_uni = [-a + 0.1 * torch.randn(a.shape, generator=g) for a in g_mm]
+    # a tensor whose two gradients cancel: |g_mm + g_uni| = 0 there, so its part is never scaled down
+    g_mm.append(torch.tensor([1.0, 0.0]))
+    g_uni.append(torch.tensor([-1.0, 0.0]))
+    flat1 = torch.cat([a.flatten() for a in g_mm]).double()
+    flat2 = torch.cat([b.flatten() for b in g_uni]).double()
+    # c minimising |c g1 + (1-c) g2| in closed form, written out independently
+    c = float(((flat2 - flat1) @ flat2) / ((flat1 - flat2) @ (flat1 - flat2)))
+    new, conflict, _ = pareto_combine(g_mm, g_uni, gamma=1.5, scope="tensor")
+    assert bool(conflict)
+    for a, b, n in zip(g_mm, g_uni, new):
+        d = 2 * (c * a.double() + (1 - c) * b.double())
+        factor = max(float((a + b).double().norm() / d.norm()), 1.0)
+        assert torch.allclose(n.double(), d * factor * 1.5, rtol=1e-4, atol=1e-6)
+    assert float(new[2].norm()) > 1e-3  # kept (times gamma), not scaled to |g_mm + g_uni| = 0
+
+
+@pytest.mark.parametrize("n_mod", [2, 3])
+def test_backward_hook_sets_pareto_grads_and_head_grads(n_mod):
+    torch.manual_seed(0)
+    dims = [5, 4, 6][:n_mod]
+    model = build_model(dims, 3, MMPareto.fusion, {"hidden": [8], "dropout": 0.0})
+    method = MMPareto({**PARAMS, "rescale": "encoder"}, ctx(n_mod))
+    method.setup(model)
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.randn(24, d, generator=g) for d in dims]
+    y = torch.randint(0, 3, (24,), generator=g)
+    ref = copy.deepcopy(model)
+
+    out = method.forward(model, xs, None)
+    loss, logits = method.loss(out, y, None)
+    model.zero_grad(set_to_none=True)
+    method.backward(loss, model, out, y)
+
+    # independent gradients on an identical copy
+    o = ref(xs)
+    l_mm = F.cross_entropy(o.fused, y)
+    l_uni = [F.cross_entropy(h(f), y) for h, f in zip(ref.extra["uni_heads"], o.feats)]
+    assert float(loss.detach()) == pytest.approx(float((l_mm + sum(l_uni)).detach()), rel=1e-6)
+    assert torch.equal(logits, out.fused)
+    gf = torch.autograd.grad(l_mm, list(ref.fusion.parameters()), retain_graph=True)
+    for p, e in zip(model.fusion.parameters(), gf):
+        assert torch.allclose(p.grad, e, atol=1e-7)
+    for m in range(n_mod):
+        enc_ref = list(ref.encoders[m].parameters())
+        g_mm = torch.autograd.grad(l_mm, enc_ref, retain_graph=True)
+        g_uni = torch.autograd.grad(l_uni[m], enc_ref + list(ref.extra["uni_heads"][m].parameters()),
+                                    retain_graph=True)
+        got = [p.grad for p in model.encoders[m].parameters()]
+        assert dot(got, g_mm) >= -1e-7 and dot(got, g_uni[:len(enc_ref)]) >= -1e-7
+        expect, _, _ = pareto_combine(list(g_mm), list(g_uni[:len(enc_ref)]), 1.5, "encoder")
+        for a, b in zip(got, expect):
+            assert torch.allclose(a, b, atol=1e-7)
+        for p, e in zip(model.extra["uni_heads"][m].parameters(), g_uni[len(enc_ref):]):
+            assert torch.allclose(p.grad, e, atol=1e-7)
+
+
+def tiny(n_mod, n=60, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 3
+    views = [(torch.randn(3, d, generator=g)[labels] + torch.randn(n, d, generator=g)).float()
+             for d in [5, 4, 6][:n_mod]]
+    split = torch.zeros(n, dtype=torch.int8)
+    split[36:48], split[48:] = 1, 2
+    return FeatureSet(["a", "b", "c"][:n_mod], 3, views, labels, split, None)
+
+
+@pytest.mark.parametrize("n_mod", [2, 3])
+def test_training_runs_and_changes_the_model(n_mod, tmp_path, monkeypatch):
+    monkeypatch.setitem(CATALOG, "mmpareto", Entry("mmpareto", "MMPareto"))
+    tr = Trainer(tiny(n_mod), dict(PARAMS), dict(TRAIN), 0, torch.device("cpu"), tmp_path / "last.pt",
+                 None, "x")
+    before = copy.deepcopy(tr.model.state_dict())
+    tr.fit()
+    assert len(tr.history) == 3
+    assert all(math.isfinite(r["train_loss"]) for r in tr.history)
+    after = tr.model.state_dict()
+    for key in ["encoders.0.net.0.weight", f"encoders.{n_mod - 1}.net.0.weight", "fusion.fc.weight",
+                "extra.uni_heads.0.weight"]:
+        assert not torch.equal(before[key], after[key]), key

@@ -1,0 +1,158 @@
+"""PMR: prototypes as class means, the prototype cross-entropy and its coefficients against a
+plain-Python hand computation, the entropy term and its schedule, momentum, a training run."""
+import copy
+import math
+
+import pytest
+import torch
+
+from dyncim.data.features import FeatureSet
+from dyncim.methods.base import Context
+from dyncim.methods.catalog import CATALOG, Entry
+from dyncim.methods.pmr import PMR, class_prototypes
+from dyncim.models.multimodal import Output
+from dyncim.train.loop import Trainer, evaluate_split
+
+PARAMS = {"type": "pmr", "fusion": "concat", "alpha": 1.0, "modulation_starts": 0,
+          "modulation_ends": 100, "momentum_coef": 0.2, "coefficient": "clip", "mu": 0.0,
+          "per_epochs": 10}
+
+
+def ctx(n=2, classes=3):
+    return Context(names=["a", "v", "t"][:n], n_classes=classes, n_samples=100, epochs=5,
+                   steps_per_epoch=4, device=torch.device("cpu"))
+
+
+# fixed inputs: 2-d features, 3 classes, 4 samples
+HA = [[0.0, 0.0], [1.0, 0.5], [2.0, 2.0], [0.2, -0.1]]
+HV = [[0.5, 0.5], [0.4, 0.6], [0.6, 0.4], [0.5, 0.5]]
+CA = [[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]]
+CV = [[0.0, 0.0], [1.0, 1.0], [0.5, -1.0]]
+Y = [0, 1, 2, 0]
+FUSED = [[1.0, 0.0, 0.0], [0.0, 2.0, 0.5], [0.3, 0.3, 0.3], [0.0, 0.0, 1.0]]
+
+
+def hand_probs(h, c):
+    """softmax over k of -||h - c_k||, in plain Python."""
+    out = []
+    for hi in h:
+        e = [math.exp(-math.sqrt(sum((a - b) ** 2 for a, b in zip(hi, ck)))) for ck in c]
+        out.append([v / sum(e) for v in e])
+    return out
+
+
+def hand_ce(rows, y):
+    return -sum(math.log(r[c]) for r, c in zip(rows, y)) / len(y)
+
+
+def hand_softmax(z):
+    return [[math.exp(v) / sum(math.exp(u) for u in r) for v in r] for r in z]
+
+
+def make(params, n=2):
+    m = PMR({**PARAMS, **params}, ctx(n))
+    m.epoch = 0
+    m.protos = [torch.tensor(CA), torch.tensor(CV)]
+    return m
+
+
+def output():
+    return Output([torch.tensor(HA), torch.tensor(HV)], [], torch.tensor(FUSED))
+
+
+def test_class_prototypes_are_class_means():
+    h = torch.tensor([[1.0, 2.0], [3.0, 4.0], [10.0, 0.0], [5.0, 6.0]])
+    y = torch.tensor([0, 0, 2, 0])
+    p = class_prototypes(h, y, 4)
+    torch.testing.assert_close(p, torch.tensor([[3.0, 4.0], [0.0, 0.0], [10.0, 0.0], [0.0, 0.0]]))
+
+
+@pytest.mark.parametrize("rule", ["clip", "binary"])
+def test_prototype_ce_loss_equals_hand_computation(rule):
+    m = make({"alpha": 2.0, "coefficient": rule})
+    loss, logits = m.loss(output(), torch.tensor(Y), None)
+    pa, pv = hand_probs(HA, CA), hand_probs(HV, CV)
+    sa, sv = sum(r[c] for r, c in zip(pa, Y)), sum(r[c] for r, c in zip(pv, Y))
+    assert sa > sv  # audio leads: the visual prototype loss is switched on
+    if rule == "clip":
+        beta_v = 2.0 * min(max(sa / sv - 1, 0), 1)
+    else:
+        beta_v = 2.0
+    want = hand_ce(hand_softmax(FUSED), Y) + beta_v * hand_ce(pv, Y)
+    assert float(loss) == pytest.approx(want, rel=1e-5)
+    torch.testing.assert_close(logits, torch.tensor(FUSED))
+
+
+def test_entropy_regularisation_and_its_schedule():
+    y = torch.tensor(Y)
+    pa, pv = hand_probs(HA, CA), hand_probs(HV, CV)
+    sa, sv = sum(r[c] for r, c in zip(pa, Y)), sum(r[c] for r, c in zip(pv, Y))
+    beta_v, gamma_a = min(max(sa / sv - 1, 0), 1), min(max(sa / sv - 1, 0), 1)
+    ent_a = -sum(sum(p * math.log(p) for p in r) for r in pa) / len(pa)
+    base = hand_ce(hand_softmax(FUSED), Y) + beta_v * hand_ce(pv, Y)
+    m = make({"mu": 0.5, "modulation_starts": 2, "per_epochs": 3})
+    for epoch, with_per in [(2, True), (5, True), (6, False)]:
+        m.epoch = epoch
+        loss, _ = m.loss(output(), y, None)
+        want = base - 0.5 * gamma_a * ent_a if with_per else base
+        assert float(loss) == pytest.approx(want, rel=1e-5), epoch
+    m.epoch = 101   # past modulation_ends: the fused cross-entropy alone
+    loss, _ = m.loss(output(), y, None)
+    assert float(loss) == pytest.approx(hand_ce(hand_softmax(FUSED), Y), rel=1e-6)
+
+
+def test_gradient_pulls_only_the_slow_modality_towards_its_prototypes():
+    m = make({"alpha": 1.0})
+    ha = torch.tensor(HA, requires_grad=True)
+    hv = torch.tensor(HV, requires_grad=True)
+    loss, _ = m.loss(Output([ha, hv], [], torch.tensor(FUSED)), torch.tensor(Y), None)
+    loss.backward()
+    assert ha.grad is None or torch.count_nonzero(ha.grad) == 0
+    assert torch.count_nonzero(hv.grad) > 0
+
+
+def test_momentum_blends_prototypes():
+    m = PMR(dict(PARAMS), ctx(2))
+    y = torch.tensor([0, 1, 2])
+    f1 = [torch.eye(3), 2 * torch.eye(3)]
+    f2 = [torch.zeros(3, 3), torch.ones(3, 3)]
+    m.update_prototypes(f1, y)
+    torch.testing.assert_close(m.protos[0], torch.eye(3))
+    m.update_prototypes(f2, y)
+    torch.testing.assert_close(m.protos[0], 0.2 * torch.eye(3))
+    torch.testing.assert_close(m.protos[1], 0.8 * torch.ones(3, 3) + 0.4 * torch.eye(3))
+    state = m.state_dict()
+    m2 = PMR(dict(PARAMS), ctx(2))
+    m2.load_state_dict(state)
+    torch.testing.assert_close(m2.protos[1], m.protos[1])
+
+
+def test_training_runs_and_prototypes_are_train_class_means(tmp_path, monkeypatch):
+    monkeypatch.setitem(CATALOG, "pmr", Entry("pmr", "PMR"))
+    g = torch.Generator().manual_seed(0)
+    n = 60
+    data = FeatureSet(["a", "v"], 3, [torch.randn(n, 5, generator=g), torch.randn(n, 4, generator=g)],
+                      torch.arange(n) % 3, torch.tensor([0] * 36 + [1] * 12 + [2] * 12), None)
+    train = {"epochs": 3, "batch_size": 16, "eval_batch_size": 64, "optimizer": "sgd", "lr": 0.05,
+             "momentum": 0.9, "weight_decay": 1e-4, "lr_step": 0, "lr_gamma": 0.1, "hidden": [8],
+             "dropout": 0.0, "checkpoint_every": 1}
+    tr = Trainer(data, {**PARAMS, "momentum_coef": 0.0, "mu": 0.01}, train, 0, torch.device("cpu"),
+                 tmp_path / "last.pt", None, "x")
+    start = copy.deepcopy(tr.model.state_dict())
+    tr.method.on_epoch_start(0, tr)
+    _, _, feats = evaluate_split(tr.model, tr.method, tr.data, tr.train_idx, 64)
+    y = data.labels[tr.train_idx]
+    for h, c in zip(feats, tr.method.protos):
+        torch.testing.assert_close(c[1], h[y == 1].mean(0))
+    tr.fit()
+    assert all(math.isfinite(r["train_loss"]) for r in tr.history)
+    assert any(not torch.equal(start[k], v) for k, v in tr.model.state_dict().items())
+    assert tr.method._steps > 0
+    logged = {}
+
+    class Writer:
+        def add_scalar(self, tag, value, step):
+            logged[tag] = value
+
+    tr.method.log(Writer(), 3, tr)
+    assert math.isfinite(logged["pmr/beta_a"])

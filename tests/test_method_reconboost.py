@@ -1,0 +1,189 @@
+"""ReconBoost: the boosting loss by hand, the stage schedule, only the active learner updating, training."""
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from dyncim.config import TRAIN_DEFAULTS
+from dyncim.data.features import FeatureSet
+from dyncim.methods import catalog
+from dyncim.methods.base import Context
+from dyncim.methods.reconboost import ReconBoost
+from dyncim.models import Output, build_model
+
+CFG = {"type": "reconboost", "epochs_per_stage": 4, "correct_epochs": 4, "weight1": 5.0,
+       "weight2": 1.0, "boost_rate": 1.0, "shared_head": True, "reset_optimizer": True}
+
+
+def make(n_mod=2, **over):
+    names = ["a", "b", "c"][:n_mod]
+    method = ReconBoost({**CFG, **over}, Context(names=names, n_classes=3, n_samples=8, epochs=10,
+                                                 steps_per_epoch=1, device=torch.device("cpu")))
+    torch.manual_seed(0)
+    model = build_model([5, 4, 6][:n_mod], 3, method.fusion, {"hidden": [8], "dropout": 0.0})
+    method.setup(model)
+    return method, model
+
+
+def fake_trainer(model, opt=None):
+    return SimpleNamespace(model=model, optimizer=opt or torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+def test_boosting_loss_by_hand():
+    method, model = make(2, weight1=5.0, weight2=1.0)
+    with torch.no_grad():
+        model.extra["reconboost"].boost_rate.fill_(1.5)
+    method.on_epoch_start(8 + 8 + 0, fake_trainer(model))       # stage 2: learner a again, b in the ensemble
+    assert (method.stage, method.boosting, method.active) == (2, True, 0)
+    za = [[1.0, 0.0, -1.0], [0.5, 2.0, 0.0]]
+    zb = [[0.0, 1.0, 0.0], [-1.0, 0.0, 1.0]]
+    y = [2, 1]
+    expected = 0.0
+    for i in range(2):
+        pa = math.exp(za[i][y[i]]) / sum(math.exp(v) for v in za[i])
+        pe = math.exp(1.5 * zb[i][y[i]]) / sum(math.exp(1.5 * v) for v in zb[i])
+        # per sample, mean over the 3 classes: only the true class is non-zero
+        expected += (-5.0 * math.log(pa) + 1.0 * pe * math.log(pa)) / 3
+    expected /= 2
+    out = Output([None, None], [torch.tensor(za), torch.tensor(zb)], torch.zeros(2, 3))
+    loss, _ = method.loss(out, torch.tensor(y), None)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    # the same loss, written as (1/C) [w1 CE - w2 KL(q || p_a)] + (1/C) w2 sum q log q, q = y * p_ens
+    za_t, zb_t, y_t = torch.tensor(za), torch.tensor(zb), torch.tensor(y)
+    q = torch.nn.functional.one_hot(y_t, 3) * torch.softmax(1.5 * zb_t, 1)
+    logp = torch.log_softmax(za_t, 1)
+    kl = (q * (torch.log(q.clamp_min(1e-30)) - logp)).sum(1)
+    ent = (q * torch.log(q.clamp_min(1e-30))).sum(1)
+    alt = ((5.0 * -logp.gather(1, y_t[:, None])[:, 0] - 1.0 * kl + 1.0 * ent) / 3).mean()
+    assert loss.item() == pytest.approx(alt.item(), rel=1e-6)
+
+
+def test_first_stage_has_no_ensemble_and_rectification_is_ensemble_ce():
+    method, model = make(2)
+    method.on_epoch_start(0, fake_trainer(model))
+    za = torch.tensor([[1.0, 0.0, -1.0], [0.5, 2.0, 0.0]])
+    zb = torch.tensor([[0.0, 1.0, 0.0], [-1.0, 0.0, 1.0]])
+    y = torch.tensor([2, 1])
+    out = Output([None, None], [za, zb], torch.zeros(2, 3))
+    loss, _ = method.loss(out, y, None)
+    pa = torch.softmax(za, 1)[[0, 1], y]
+    assert loss.item() == pytest.approx(((1.0 - 5.0) * torch.log(pa)).mean().item() / 3, rel=1e-6)
+    method.on_epoch_start(4, fake_trainer(model))               # stage 0 rectification: members {a}
+    out = method.forward(model, [torch.randn(2, 5), torch.randn(2, 4)], None)
+    loss, _ = method.loss(out, y, None)
+    assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(out.logits[0], y).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("n_mod, per, cor, expected", [
+    (2, 2, 1, [(0, True, 0), (0, True, 0), (0, False, 0), (1, True, 1), (1, True, 1), (1, False, 1),
+               (2, True, 0), (2, True, 0), (2, False, 0)]),
+    (3, 2, 0, [(0, True, 0), (0, True, 0), (1, True, 1), (1, True, 1), (2, True, 2), (2, True, 2),
+               (3, True, 0)]),
+])
+def test_stages_alternate(n_mod, per, cor, expected):
+    method, model = make(n_mod, epochs_per_stage=per, correct_epochs=cor)
+    got, members = [], []
+    for e in range(len(expected)):
+        method.on_epoch_start(e, fake_trainer(model))
+        got.append((method.stage, method.boosting, method.active))
+        members.append(model.extra["reconboost"].members.tolist())
+    assert got == expected
+    # learners join the ensemble in their first stage
+    for (stage, _, _), mem in zip(expected, members):
+        assert mem == [1.0 if m <= stage else 0.0 for m in range(n_mod)]
+
+
+def test_optimizer_state_reset_at_phase_start():
+    method, model = make(2, epochs_per_stage=2, correct_epochs=1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    p = next(model.parameters())
+    for e, reset in [(0, True), (1, False), (2, True), (3, True), (4, False)]:
+        opt.state[p]["momentum_buffer"] = torch.ones_like(p)
+        method.on_epoch_start(e, fake_trainer(model, opt))
+        assert (p not in opt.state) == reset
+
+
+def params_of(module):
+    return [q.detach().clone() for q in module.parameters()]
+
+
+def changed(module, before):
+    return any(not torch.equal(q, b) for q, b in zip(module.parameters(), before))
+
+
+def one_step(method, model, n_mod):
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, weight_decay=0.1)
+    xs = [torch.randn(8, d) for d in (5, 4, 6)[:n_mod]]
+    y = torch.arange(8) % 3
+    out = method.forward(model, xs, None)
+    loss, _ = method.loss(out, y, None)
+    opt.zero_grad(set_to_none=True)
+    method.backward(loss, model, out, y)
+    method.after_backward(model, out, y)
+    opt.step()
+
+
+@pytest.mark.parametrize("n_mod", [2, 3])
+@pytest.mark.parametrize("shared", [False, True])
+def test_only_active_learner_changes(n_mod, shared):
+    method, model = make(n_mod, epochs_per_stage=1, correct_epochs=1, shared_head=shared)
+    epoch = 2 * (n_mod + 1)                 # stage n_mod + 1: every learner a member, active = 1
+    method.on_epoch_start(epoch, fake_trainer(model))
+    assert method.boosting and method.active == 1 and model.extra["reconboost"].members.tolist() == [1.0] * n_mod
+    enc = [params_of(e) for e in model.encoders]
+    heads = [params_of(h) for h in model.fusion.heads]
+    boost = model.extra["reconboost"].boost_rate.detach().clone()
+    one_step(method, model, n_mod)
+    for m in range(n_mod):
+        assert changed(model.encoders[m], enc[m]) == (m == 1)
+        assert changed(model.fusion.heads[m], heads[m]) == (shared or m == 1)
+    assert torch.equal(model.extra["reconboost"].boost_rate, boost)
+    # the rectification phase that follows trains every learner and the boost rate
+    method.on_epoch_start(epoch + 1, fake_trainer(model))
+    assert not method.boosting
+    enc = [params_of(e) for e in model.encoders]
+    one_step(method, model, n_mod)
+    assert all(changed(model.encoders[m], enc[m]) for m in range(n_mod))
+    assert not torch.equal(model.extra["reconboost"].boost_rate, boost)
+
+
+def test_predict_uses_ensemble_members_and_shared_head_survives_reload():
+    method, model = make(2)
+    method.on_epoch_start(0, fake_trainer(model))
+    assert model.fusion.heads[0] is model.fusion.heads[1]
+    with torch.no_grad():
+        model.extra["reconboost"].boost_rate.fill_(2.0)
+    out = model([torch.randn(4, 5), torch.randn(4, 4)])
+    assert torch.allclose(method.predict(model, out), 2.0 * out.logits[0])          # stage 0: {a}
+    method.on_epoch_start(8, fake_trainer(model))
+    assert torch.allclose(method.predict(model, out), 2.0 * (out.logits[0] + out.logits[1]))
+    method2, model2 = make(2)
+    model2.load_state_dict(model.state_dict())
+    assert model2.fusion.heads[0] is model2.fusion.heads[1]
+    assert torch.allclose(method2.predict(model2, out), method.predict(model, out))
+
+
+def tiny_features(n_mod=2, n=60, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 3
+    views = [torch.randn(n, d, generator=g) + labels[:, None].float() for d in (6, 5, 4)[:n_mod]]
+    split = torch.tensor(([0] * 6 + [1] * 2 + [2] * 2) * (n // 10), dtype=torch.int8)
+    return FeatureSet([f"m{i}" for i in range(n_mod)], 3, views, labels, split, None)
+
+
+@pytest.mark.parametrize("n_mod", [2, 3])
+def test_training_runs(tmp_path, monkeypatch, n_mod):
+    from dyncim.train.loop import Trainer
+    monkeypatch.setitem(catalog.CATALOG, "reconboost", catalog.Entry("reconboost", "ReconBoost"))
+    cfg = {**CFG, "epochs_per_stage": 1, "correct_epochs": 1}
+    tcfg = {**TRAIN_DEFAULTS, "epochs": 2 * n_mod + 1, "batch_size": 16, "hidden": [8]}
+    tr = Trainer(tiny_features(n_mod), cfg, tcfg, seed=0, device=torch.device("cpu"),
+                 ckpt_path=tmp_path / "last.pt", log_dir=None, fingerprint="x")
+    start = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    tr.fit()
+    assert all(math.isfinite(r["train_loss"]) for r in tr.history)
+    assert tr.model.extra["reconboost"].members.tolist() == [1.0] * n_mod
+    for m in range(n_mod):                  # every learner was trained in its stage
+        sd = tr.model.encoders[m].state_dict()
+        assert any(not torch.equal(v, start[f"encoders.{m}.{k}"]) for k, v in sd.items())
