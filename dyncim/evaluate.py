@@ -14,7 +14,6 @@ import torch
 from torch.nn import functional as F
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
 
-from . import config as C
 from .atomic import write_json
 from .data import features
 from .data.synthetic import CORRUPTION_CODES
@@ -23,42 +22,48 @@ from .methods.base import Context
 from .models import build_model
 from .train.loop import evaluate_split
 
-PROBE_DECAYS = (1e-4, 1e-3, 1e-2, 1e-1)
+PROBE_RIDGE = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # L2 strength per training sample
 
 
 def _acc(logits, y, n_classes) -> float:
     return float(multiclass_accuracy(logits, y, num_classes=n_classes, average="micro"))
 
 
-def linear_probe(tr, ytr, va, yva, te, yte, n_classes: int, iters: int) -> dict:
-    """Multinomial logistic regression on frozen features; L2 strength chosen on val."""
+def linear_probe(tr, ytr, va, yva, te, yte, n_classes: int) -> dict:
+    """A ridge-regression linear probe on frozen features (one-hot targets, closed form),
+    its L2 strength chosen on val. Closed form: one eigendecomposition serves every strength,
+    where an iterative logistic probe cost ~90% of the evaluation time."""
     mu, sd = tr.mean(0), tr.std(0).clamp_min(1e-6)
-    tr, va, te = (tr - mu) / sd, (va - mu) / sd, (te - mu) / sd
+    tr, va, te = [((t - mu) / sd).double() for t in (tr, va, te)]
+    ones = lambda x: torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)  # bias column
+    tr, va, te = ones(tr), ones(va), ones(te)
+    Y = F.one_hot(ytr, n_classes).double()
+    evals, V = torch.linalg.eigh(tr.T @ tr)
+    proj = V.T @ (tr.T @ Y)
     best = None
-    for decay in PROBE_DECAYS:
-        torch.manual_seed(0)
-        lin = torch.nn.Linear(tr.shape[1], n_classes)
-        opt = torch.optim.LBFGS(lin.parameters(), max_iter=iters, line_search_fn="strong_wolfe")
-
-        def closure():
-            opt.zero_grad()
-            loss = F.cross_entropy(lin(tr), ytr) + decay * lin.weight.pow(2).sum()
-            loss.backward()
-            return loss
-        opt.step(closure)
-        with torch.no_grad():
-            val = _acc(lin(va), yva, n_classes)
-            if best is None or val > best[0]:
-                best = (val, decay, _acc(lin(te), yte, n_classes))
-    return {"probe_val": best[0], "probe_decay": best[1], "probe": best[2]}
+    for lam in PROBE_RIDGE:
+        W = V @ (proj / (evals + lam * len(tr))[:, None])
+        val = _acc(va @ W, yva, n_classes)
+        if best is None or val > best[0]:  # ties: the weakest regularisation
+            best = (val, lam, _acc(te @ W, yte, n_classes))
+    return {"probe_val": best[0], "probe_ridge": best[1], "probe": best[2]}
 
 
 def load_run(path: Path, feats: features.FeatureSet, device):
     """Rebuild every part's model (and method, for its label-free prediction) from best.pt."""
-    ck = torch.load(path, map_location=device, weights_only=False)
+    try:
+        ck = torch.load(path, map_location=device, weights_only=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: missing; run the train step first") from None
+    except Exception as e:
+        raise ValueError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
     built = []
     for part in ck["parts"]:
         sub = feats.subset(part["modalities"])
+        dims = [v.shape[1] for v in sub.views]
+        if dims != part["in_dims"] or sub.names != part["names"]:
+            raise ValueError(f"{path}: trained on modalities {part['names']} with input sizes {part['in_dims']}, "
+                             f"but the feature file has {sub.names} with {dims}; retrain or use its feature file")
         ctx = Context(names=sub.names, n_classes=ck["n_classes"], n_samples=len(feats.labels),
                       epochs=ck["train_cfg"]["epochs"], steps_per_epoch=1, device=device,
                       corrupted=sub.corrupted)
@@ -73,12 +78,13 @@ def load_run(path: Path, feats: features.FeatureSet, device):
     return ck, built
 
 
-def evaluate_run(path: Path, feats: features.FeatureSet, probe_iters: int, device="cpu") -> dict:
+def evaluate_run(path: Path, feats: features.FeatureSet, device="cpu") -> dict:
     ck, built = load_run(path, feats, device)
     C_ = ck["n_classes"]
     idx = {s: feats.index(s) for s in ("train", "val", "test")}
     y = {s: feats.labels[i] for s, i in idx.items()}
-    res = {"data": ck["data"], "method": ck["method"], "seed": ck["seed"], "modalities": {}}
+    res = {"data": ck["data"], "method": ck["method"], "seed": ck["seed"], "names": list(feats.names),
+           "modalities": {}}
     for part, sub, method, model in built:
         out = {s: evaluate_split(model, method, sub, idx[s], 1024) for s in idx}
         fused, parts, _ = out["test"]
@@ -91,7 +97,7 @@ def evaluate_run(path: Path, feats: features.FeatureSet, probe_iters: int, devic
         for m, name in enumerate(sub.names):
             r = {"own": _acc(parts[m], y["test"], C_)}
             r.update(linear_probe(out["train"][2][m], y["train"], out["val"][2][m], y["val"],
-                                  out["test"][2][m], y["test"], C_, probe_iters))
+                                  out["test"][2][m], y["test"], C_))
             if len(built) > 1:
                 r["best_epoch"], r["best_val_acc"] = part["best_epoch"], part["best_val_acc"]
             res["modalities"][name] = r
@@ -117,10 +123,9 @@ def evaluate_data(params: dict, data: str, features_path: Path, root: Path = Pat
     feats = features.load(features_path)
     written = []
     for method in params["run"]["methods"]:
-        probe_iters = C.train_config(params, data, method)["probe_epochs"]
         for seed in params["methods"][method]["seeds"]:
             model_path = root / "models" / data / method / f"seed{seed}" / "best.pt"
-            res = evaluate_run(model_path, feats, probe_iters)
+            res = evaluate_run(model_path, feats)
             out = root / "results" / "eval" / data / method / f"seed{seed}.json"
             write_json(out, res)
             written.append(out)

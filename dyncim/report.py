@@ -35,7 +35,7 @@ def collect(params: dict, root: Path) -> dict:
             metrics = {}
             for key in ("acc", "macro_f1"):
                 metrics[key] = _stats([r.get(key) for r in runs])
-            for name in runs[0]["modalities"]:
+            for name in runs[0].get("names", runs[0]["modalities"]):  # in the data set's order
                 for key in ("own", "probe"):
                     metrics[f"{name}_{key}"] = _stats([r["modalities"][name][key] for r in runs])
             for key in sorted({k for r in runs for k in r.get("acc_by_corruption", {})}):
@@ -77,7 +77,8 @@ def markdown(table: dict, params: dict) -> str:
         if extra:
             out += [f"### {data}: diagnostics", "", "| method | " + " | ".join(extra) + " |",
                     "|---" * (len(extra) + 1) + "|"]
-            out += [f"| {m} | " + " | ".join(_fmt(v.get(k)) for k in extra) + " |" for m, v in methods.items()]
+            out += [f"| {m} | " + " | ".join(_fmt(v.get(k)) for k in extra) + " |" for m, v in methods.items()
+                    if any(k in v for k in extra)]
             out.append("")
     return "\n".join(out)
 

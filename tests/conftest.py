@@ -29,7 +29,7 @@ def tiny_features(n=120, dims=(5, 4), n_classes=3, seed=0, informative=True) -> 
 
 TRAIN_CFG = {"epochs": 3, "batch_size": 16, "eval_batch_size": 64, "optimizer": "sgd", "lr": 0.05,
              "momentum": 0.9, "weight_decay": 1e-4, "lr_step": 0, "lr_gamma": 0.1, "hidden": [8],
-             "dropout": 0.0, "checkpoint_every": 1, "probe_epochs": 20}
+             "dropout": 0.0, "checkpoint_every": 1}
 
 
 @pytest.fixture

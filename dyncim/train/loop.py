@@ -10,6 +10,7 @@ continues from it and ends exactly as an uninterrupted run (on CPU).
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
 
 import torch
@@ -123,6 +124,8 @@ class Trainer:
             torch.cuda.set_rng_state_all([t.cpu() for t in s["rng"]["cuda"]])
         self.epoch, self.global_step = s["epoch"], s["global_step"]
         self.best, self.history = s["best"], s["history"]
+        if self.epoch < self.cfg["epochs"]:
+            print(f"{self.tag}: resumed from {self.ckpt_path} at epoch {self.epoch}", file=sys.stderr)
         return True
 
     # --- training -----------------------------------------------------------------------------

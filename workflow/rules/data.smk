@@ -48,6 +48,8 @@ rule download_all:
     input:
         [f"data/raw/mfeat/mfeat-{v}.csv" for v in MFEAT_VIEWS]
         if any(P["datasets"][d]["source"] == "mfeat" for d in DATASETS) else [],
+    shell:
+        "mkdir -p data/raw"  # DVC's download stage declares data/raw, even with nothing to download
 
 
 rule features_all:

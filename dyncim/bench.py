@@ -1,0 +1,140 @@
+"""`make bench`: timed performance figures (never part of the tests). Writes bench/results.json.
+
+1. DynCIM / joint training time per epoch on the same data and model, measured in one process
+   with the epochs of the two interleaved (so that machine load hits both alike), median of
+   several epochs after a warm-up; on embedded configurations with their MLP encoders.
+2. The embedded default's full `snakemake --cores all` from clean, in a temp copy of the repo
+   (median of --full-runs runs), then a no-op rerun of Snakemake and of `dvc repro` (medians of
+   --repeat runs each).
+Targets (issues): ratio <= 1.5 (MLP), full run <= 600 s on 2 cores, no-op <= 5 s (Snakemake),
+<= 10 s (DVC). A ResNet-18 ratio (target <= 1.15) needs the ResNet encoders, not built yet.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import config as C
+from .atomic import write_json
+
+REPO = Path(__file__).resolve().parents[1]
+TARGETS = {"ratio_mlp": 1.5, "ratio_resnet18": 1.15, "full_run_s": 600.0, "noop_snakemake_s": 5.0,
+           "noop_dvc_s": 10.0}
+
+
+def _env():
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env["DVC_NO_ANALYTICS"] = "1"
+    return env
+
+
+def epoch_ratio(params: dict, data: str, methods=("joint", "dyncim"), epochs: int = 15) -> dict:
+    import torch
+
+    from .data import features
+    from .train.loop import Trainer
+    torch.set_num_threads(params["threads"])
+    path = REPO / "data" / "features" / f"{data}.pt"
+    if not path.exists():
+        subprocess.run(["snakemake", str(path.relative_to(REPO)), "--cores", "all", "-q"], cwd=REPO,
+                       env=_env(), check=True)
+    feats = features.load(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainers = {m: Trainer(feats, C.method_config(params, m), C.train_config(params, data, m), 0,
+                               torch.device("cpu"), Path(tmp) / f"{m}.pt", None, "bench") for m in methods}
+        times = {m: [] for m in methods}
+        for e in range(epochs + 1):
+            for m, t in trainers.items():
+                t.method.on_epoch_start(e, t)
+                t0 = time.perf_counter()
+                t.train_epoch()
+                if e:  # the first epoch is a warm-up
+                    times[m].append(time.perf_counter() - t0)
+    med = {m: statistics.median(v) for m, v in times.items()}
+    return {"data": data, "epoch_s": med, "ratio": med[methods[1]] / med[methods[0]], "epochs": epochs}
+
+
+def _timed(cmd, cwd) -> float:
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+    return time.perf_counter() - t0
+
+
+def pipeline_times(full_runs: int, repeat: int) -> dict:
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, check=True,
+                           capture_output=True, text=True).stdout.split()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp) / "repo"
+        for f in files:
+            if (REPO / f).is_file():
+                (work / f).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(REPO / f, work / f)
+        full = []
+        for _ in range(full_runs):
+            for d in ("data", "models", "runs", "results", ".snakemake"):
+                shutil.rmtree(work / d, ignore_errors=True)
+            full.append(_timed(["snakemake", "--cores", "all", "-q"], work))
+        noop = [_timed(["snakemake", "--cores", "all", "-q"], work) for _ in range(repeat)]
+        for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                    ["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "bench"]):
+            _timed(cmd, work)
+        first_dvc = _timed(["dvc", "repro"], work)  # stages run Snakemake, which has nothing to do
+        noop_dvc = [_timed(["dvc", "repro"], work) for _ in range(repeat)]
+    return {"full_run_s": statistics.median(full), "full_runs": full,
+            "noop_snakemake_s": statistics.median(noop), "noop_snakemake_runs": noop,
+            "dvc_first_repro_s": first_dvc, "noop_dvc_s": statistics.median(noop_dvc), "noop_dvc_runs": noop_dvc}
+
+
+def table(res: dict) -> str:
+    rows = [("measure", "value", "target")]
+    for r in res["epoch_ratio"]:
+        rows.append((f"DynCIM / joint time per epoch, {r['data']} (MLP)", f"{r['ratio']:.2f}",
+                     f"<= {TARGETS['ratio_mlp']}"))
+    rows.append(("DynCIM / joint time per epoch, ResNet-18 (CREMA-D-shaped)", "not measured: no ResNet-18 encoder yet",
+                 f"<= {TARGETS['ratio_resnet18']}"))
+    p = res.get("pipeline")
+    if p:
+        rows += [("make run from clean (s, median)", f"{p['full_run_s']:.1f}", f"<= {TARGETS['full_run_s']:.0f}"),
+                 ("no-op snakemake (s, median)", f"{p['noop_snakemake_s']:.2f}", f"<= {TARGETS['noop_snakemake_s']}"),
+                 ("no-op dvc repro (s, median)", f"{p['noop_dvc_s']:.2f}", f"<= {TARGETS['noop_dvc_s']}")]
+    w = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = [" | ".join(c.ljust(w[i]) for i, c in enumerate(r)) for r in rows]
+    lines.insert(1, "-+-".join("-" * x for x in w))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m dyncim.bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default=str(REPO / "params.yaml"))
+    ap.add_argument("--data", nargs="+", default=["mfeat-pix-zer", "synthetic-bi"])
+    ap.add_argument("--epochs", type=int, default=15, help="timed epochs per method (median)")
+    ap.add_argument("--full-runs", type=int, default=3, help="clean full pipeline runs (0: skip)")
+    ap.add_argument("--repeat", type=int, default=5, help="no-op reruns")
+    ap.add_argument("--out", default=str(REPO / "bench" / "results.json"))
+    args = ap.parse_args(argv)
+    params = C.load(args.params)
+    res = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+           "epoch_ratio": [epoch_ratio(params, d, epochs=args.epochs) for d in args.data],
+           "targets": TARGETS}
+    if args.full_runs:
+        res["pipeline"] = pipeline_times(args.full_runs, args.repeat)
+    write_json(args.out, res)
+    print(table(res))
+    print(f"\nwritten: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,41 @@
+import json
+import statistics
+
+import torch
+
+from dyncim.evaluate import linear_probe
+from dyncim.report import collect, markdown
+
+
+def test_linear_probe_separates_what_is_linearly_separable_and_nothing_else():
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(600) % 3
+    centers = torch.randn(3, 8, generator=g) * 4
+    x = centers[y] + torch.randn(600, 8, generator=g)
+    tr, va, te = slice(0, 360), slice(360, 480), slice(480, 600)
+    r = linear_probe(x[tr], y[tr], x[va], y[va], x[te], y[te], 3)
+    assert r["probe"] > 0.97 and r["probe_val"] > 0.97
+    noise = torch.randn(600, 8, generator=g)
+    r = linear_probe(noise[tr], y[tr], noise[va], y[va], noise[te], y[te], 3)
+    assert r["probe"] < 0.5  # chance is 1/3
+
+
+def test_report_aggregates_mean_and_std_over_seeds(tmp_path):
+    params = {"run": {"datasets": ["d"], "methods": ["joint", "dyncim"]},
+              "methods": {"joint": {"type": "joint", "seeds": [0, 1]}, "dyncim": {"type": "dyncim", "seeds": [0, 1, 2]}}}
+    accs = {"joint": [0.5, 0.7], "dyncim": [0.8, 0.9, 1.0]}
+    for m, values in accs.items():
+        for s, a in enumerate(values):
+            p = tmp_path / "results" / "eval" / "d" / m / f"seed{s}.json"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(json.dumps({"acc": a, "macro_f1": a, "modalities": {"x": {"own": a / 2, "probe": a}},
+                                     **({"diagnostics": {"gate_x": 0.25}} if m == "dyncim" else {})}))
+    table = collect(params, tmp_path)
+    assert table["d"]["joint"]["acc"]["mean"] == 0.6
+    assert table["d"]["joint"]["acc"]["std"] == statistics.stdev([0.5, 0.7])
+    assert table["d"]["dyncim"]["x_own"]["mean"] == 0.45
+    assert table["d"]["dyncim"]["gate_x"] == {"mean": 0.25, "std": 0.0, "n": 3}
+    md = markdown(table, params)
+    ranked = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| dyncim") or line.startswith("| joint")]
+    assert ranked[:2] == ["dyncim", "joint"]  # ranked by accuracy
+    assert "0.900 ± 0.100" in md and "gate_x" in md
