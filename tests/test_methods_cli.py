@@ -1,0 +1,65 @@
+"""Every method of params.yaml through the real CLI on a tiny trimodal set, and what runs share."""
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from dyncim import config as C
+from dyncim.methods.catalog import CATALOG
+from dyncim.train.job import run_paths
+from tests.conftest import REPO, venv_env
+
+PARAMS = C.resolve(yaml.safe_load((REPO / "params.yaml").read_text()))
+ONE_PER_TYPE = {}
+for name, m in PARAMS["methods"].items():
+    ONE_PER_TYPE.setdefault(m["type"], name)
+
+
+def test_every_method_type_has_an_instance_in_params():
+    assert set(ONE_PER_TYPE) == set(CATALOG)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    p = yaml.safe_load((REPO / "params.yaml").read_text())
+    p["seeds"] = [0]
+    p["train"].update(epochs=2, hidden=[8])
+    p["datasets"]["tri"] = {"source": "synthetic", "synthetic": {
+        "modalities": ["dominant", "xor", "linear"], "per_class": 10, "dominant": {"dim": 12},
+        "corrupt": [{"modality": 0, "kind": "misleading", "fraction": 0.2}]}}
+    for m in p["methods"].values():
+        m.pop("seeds", None)
+    (root / "params.yaml").write_text(yaml.safe_dump(p))
+    env = venv_env()
+    base = [sys.executable, "-m", "dyncim"]
+    subprocess.run(base + ["split", "--data", "tri", "--out", str(root / "s.csv"), "--params", str(root / "params.yaml")],
+                   check=True, env=env)
+    subprocess.run(base + ["features", "--data", "tri", "--split", str(root / "s.csv"), "--out", str(root / "f.pt"),
+                           "--params", str(root / "params.yaml")], check=True, env=env)
+    return root
+
+
+@pytest.mark.parametrize("method", sorted(ONE_PER_TYPE.values()))
+def test_each_method_trains_through_the_cli_on_three_modalities(tiny, method):
+    r = subprocess.run([sys.executable, "-m", "dyncim", "train", "--data", "tri", "--method", method,
+                        "--features", str(tiny / "f.pt"), "--root", str(tiny), "--params", str(tiny / "params.yaml")],
+                       capture_output=True, text=True, env=venv_env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    ck = torch.load(tiny / f"models/tri/{method}/seed0/best.pt", weights_only=False)
+    assert ck["method_cfg"]["type"] == PARAMS["methods"][method]["type"]
+    assert all(torch.isfinite(v).all() for part in ck["parts"] for v in part["state"].values() if v.is_floating_point())
+
+
+def test_parallel_jobs_share_no_output_path():
+    seen = set()
+    for data in PARAMS["run"]["datasets"]:
+        for method in PARAMS["run"]["methods"]:
+            for seed in PARAMS["methods"][method]["seeds"]:
+                paths = run_paths(REPO, data, method, seed)
+                for key, path in paths.items():
+                    assert path not in seen, path
+                    seen.add(path)
+    assert len(seen) == 3 * sum(len(PARAMS["methods"][m]["seeds"]) for m in PARAMS["run"]["methods"]) * len(PARAMS["run"]["datasets"])
