@@ -179,7 +179,7 @@ class DynCIM(Method):
     def fuse(z, g):
         """ŷ = Σ_m ĝ^m z^m with ĝ = M·g / Σ_k g^k (normalised across modalities)."""
         ghat = g * (g.shape[1] / g.sum(1, keepdim=True))
-        return (ghat.transpose(0, 1)[..., None] * z).sum(0)
+        return (ghat.t()[..., None] * z).sum(0)
 
     # --- sample level -------------------------------------------------------------------------
     @torch.no_grad()
@@ -230,19 +230,21 @@ class DynCIM(Method):
         model = self._model
         z = torch.stack(out.logits)                                   # M x B x C
         M, B = z.shape[0], z.shape[1]
-        logp = F.log_softmax(z, -1)
         st, lg, lh = self._modality_terms(model)
-        uni = -logp.gather(-1, y[None, :, None].expand(M, B, 1)).squeeze(-1)   # M x B cross-entropies
+        # one fused cross-entropy node for the M unimodal losses (a cheaper graph than
+        # log-softmax + gather); the curricula's probabilities are computed without gradient
+        uni = F.cross_entropy(z.view(M * B, -1), y.repeat(M), reduction="none").view(M, B)
         l_uni = uni.mean(1)                                                     # M
         with torch.no_grad():
+            logp = F.log_softmax(z, -1)
             p = logp.exp()
             self._update_mdc(st, (-uni).exp().mean(1), l_uni)   # true-class probability = exp(−CE)
-        g = self.gates(model, logp, z, lg, lh, p=p.detach())
+        g = self.gates(model, logp, z, lg, lh, p=p)
         yhat = self.fuse(z, g)
         ell = F.cross_entropy(yhat, y, reduction="none")
         d_fuse = g.mean(1).detach()
         if self.cfg["sdc"]:
-            d_task = self._difficulty(idx, out.fused.detach(), logp.detach(), p, y)
+            d_task = self._difficulty(idx, out.fused.detach(), logp, p, y)
         else:
             d_task = torch.ones_like(ell)
         w = d_task * d_fuse
