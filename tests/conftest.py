@@ -32,6 +32,15 @@ TRAIN_CFG = {"epochs": 3, "batch_size": 16, "eval_batch_size": 64, "optimizer": 
              "dropout": 0.0, "checkpoint_every": 1}
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tests time and compare small tensor work: one thread keeps them fast and reproducible."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def feats():
     return tiny_features()

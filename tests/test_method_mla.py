@@ -15,21 +15,12 @@ from dyncim.methods.mla import MLA
 from dyncim.models import build_model
 from dyncim.models.multimodal import Output
 from dyncim.train.loop import Trainer
+from tests.conftest import TRAIN_CFG
 
 PARAMS = {"type": "mla", "alternate": "batch", "owm_alpha": 0.1, "normalize_projector": True,
           "dynamic_fusion": True, "fusion_weights": []}
-TRAIN = {"epochs": 3, "batch_size": 16, "eval_batch_size": 64, "optimizer": "sgd", "lr": 0.05,
-         "momentum": 0.9, "weight_decay": 1e-4, "lr_step": 0, "lr_gamma": 0.1, "hidden": [8],
-         "dropout": 0.0, "checkpoint_every": 1}
+TRAIN = TRAIN_CFG
 DIMS = [5, 4, 6]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def ctx(n=2, steps=4):

@@ -13,19 +13,10 @@ from dyncim.methods.catalog import CATALOG, Entry
 from dyncim.methods.mmpareto import MMPareto, pareto_combine
 from dyncim.models import build_model
 from dyncim.train.loop import Trainer
+from tests.conftest import TRAIN_CFG
 
 PARAMS = {"type": "mmpareto", "gamma": 1.5, "rescale": "tensor"}
-TRAIN = {"epochs": 3, "batch_size": 16, "eval_batch_size": 64, "optimizer": "sgd", "lr": 0.05,
-         "momentum": 0.9, "weight_decay": 1e-4, "lr_step": 0, "lr_gamma": 0.1, "hidden": [8],
-         "dropout": 0.0, "checkpoint_every": 1}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+TRAIN = TRAIN_CFG
 
 
 def ctx(n=2):
