@@ -226,3 +226,22 @@ def test_statistics_round_trip_and_predictions_are_label_free(tmp_path):
     assert torch.equal(p1, p2)                  # frozen at inference: statistics do not move
     _, built2 = load_run(path, feats, "cpu")
     assert torch.equal(built2[0][2].predict(built2[0][3], built2[0][3](xs)), p1)
+
+
+def test_tensorboard_logs_the_curriculum(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    feats = tiny_features(n=120, dims=(5, 4, 3))
+    feats.corrupted = (torch.arange(120) % 5 == 0).to(torch.int8)[:, None].repeat(1, 3) * torch.tensor([2, 0, 0], dtype=torch.int8)
+    t = Trainer(feats, DEFAULTS, {**TRAIN_CFG, "epochs": 2}, 0, torch.device("cpu"), tmp_path / "c.pt",
+                tmp_path / "tb", "f")
+    t.fit()
+    ea = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0, "histograms": 0})
+    ea.Reload()
+    scalars, hists = set(ea.Tags()["scalars"]), set(ea.Tags()["histograms"])
+    for name in ("m0", "m1", "m2"):
+        assert {f"dyncim/gmr/{name}", f"dyncim/hmir/{name}", f"dyncim/beta/{name}", f"dyncim/gate_mean/{name}"} <= scalars
+    assert {"dyncim/alpha", "dyncim/pace_admitted", "dyncim/gate_by_corruption/gate_m0_clean",
+            "dyncim/gate_by_corruption/gate_m0_misleading", "acc_modality/val_m1", "lr"} <= scalars
+    assert {"dyncim/d_task", "dyncim/v", "dyncim/gate"} <= hists
+    admitted = [e.value for e in ea.Scalars("dyncim/pace_admitted")]
+    assert len(admitted) == 2 and 0.5 <= admitted[0] < 1.0
