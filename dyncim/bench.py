@@ -49,7 +49,7 @@ def epoch_ratio(params: dict, data: str, methods=("joint", "dyncim"), epochs: in
                        env=_env(), check=True)
     feats = features.load(path)
     with tempfile.TemporaryDirectory() as tmp:
-        trainers = {m: Trainer(feats, C.method_config(params, m), C.train_config(params, data, m), 0,
+        trainers = {m: Trainer(feats, C.method_config(params, m, data), C.train_config(params, data, m), 0,
                                torch.device("cpu"), Path(tmp) / f"{m}.pt", None, "bench") for m in methods}
         times = {m: [] for m in methods}
         for e in range(epochs + 1):

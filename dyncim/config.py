@@ -109,10 +109,11 @@ def resolve(raw: dict, source: str = "params.yaml") -> dict:
                 if c["modality"] >= n_mod:
                     raise ParamsError(f"{source}: datasets.{name}.synthetic.corrupt.{i}.modality: "
                                       f"{c['modality']} out of range; this set has {n_mod} modalities")
-        for m in ds.get("method_train", {}):
-            if m not in params["methods"]:
-                raise ParamsError(f"{source}: datasets.{name}.method_train.{m}: unknown method; "
-                                  f"defined: {sorted(params['methods'])}")
+        for key in ("method_train", "method_params"):
+            for m in ds.get(key, {}):
+                if m not in params["methods"]:
+                    raise ParamsError(f"{source}: datasets.{name}.{key}.{m}: unknown method; "
+                                      f"defined: {sorted(params['methods'])}")
 
     methods = {}
     for name in params["methods"]:
@@ -125,6 +126,11 @@ def resolve(raw: dict, source: str = "params.yaml") -> dict:
         m.setdefault("seeds", params["seeds"])
         methods[name] = m
     params["methods"] = methods
+    for d, ds in params["datasets"].items():
+        for m, over in ds.get("method_params", {}).items():
+            own = {k: v for k, v in methods[m].items() if k not in ("type", "seeds", "train")}
+            _validate({**own, **over}, schema["$defs"][f"method_{methods[m]['type']}"], schema, source,
+                      prefix=("datasets", d, "method_params", m))
 
     for key, defined in (("datasets", params["datasets"]), ("methods", methods)):
         for name in params["run"][key]:
@@ -169,8 +175,13 @@ def train_config(params: dict, data: str, method: str) -> dict:
     return cfg
 
 
-def method_config(params: dict, method: str) -> dict:
-    return {k: v for k, v in params["methods"][method].items() if k not in ("train", "seeds")}
+def method_config(params: dict, method: str, data: str | None = None) -> dict:
+    """A method's parameters; on a data set, with that data set's `method_params` overrides (for
+    methods whose official code uses other values per data set)."""
+    cfg = {k: v for k, v in params["methods"][method].items() if k not in ("train", "seeds")}
+    if data is not None:
+        cfg.update(params["datasets"][data].get("method_params", {}).get(method, {}))
+    return cfg
 
 
 def run_fingerprint(params: dict, data: str, method: str) -> str:
@@ -178,4 +189,4 @@ def run_fingerprint(params: dict, data: str, method: str) -> str:
     trigger and the checkpoint's configuration check both use it)."""
     ds = {k: v for k, v in params["datasets"][data].items() if k not in ("train", "method_train")}
     return json.dumps({"data": ds, "split": params["split"], "train": train_config(params, data, method),
-                       "method": method_config(params, method)}, sort_keys=True)
+                       "method": method_config(params, method, data)}, sort_keys=True)

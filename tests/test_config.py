@@ -1,4 +1,5 @@
 import copy
+import json
 
 import pytest
 import yaml
@@ -90,3 +91,17 @@ def test_load_reports_missing_and_broken_files(tmp_path):
     (tmp_path / "p.yaml").write_text("train: [unclosed")
     with pytest.raises(C.ParamsError, match="not valid YAML"):
         C.load(tmp_path / "p.yaml")
+
+
+def test_method_params_per_data_set(raw):
+    raw["datasets"]["mfeat-pix-zer"]["method_params"] = {"joint": {"aux_weight": 0.3, "fusion": "sum"}}
+    p = C.resolve(raw)
+    assert C.method_config(p, "joint", "mfeat-pix-zer")["aux_weight"] == 0.3
+    assert C.method_config(p, "joint", "mfeat-fou-mor")["aux_weight"] == 0.0
+    assert json.loads(C.run_fingerprint(p, "mfeat-pix-zer", "joint"))["method"]["aux_weight"] == 0.3  # retrains
+    raw["datasets"]["mfeat-pix-zer"]["method_params"] = {"joint": {"aux_wieght": 0.3}}
+    with pytest.raises(C.ParamsError, match="datasets.mfeat-pix-zer.method_params.joint.*aux_wieght"):
+        C.resolve(raw)
+    raw["datasets"]["mfeat-pix-zer"]["method_params"] = {"ghost": {}}
+    with pytest.raises(C.ParamsError, match="method_params.ghost: unknown method"):
+        C.resolve(raw)

@@ -193,8 +193,17 @@ def test_gate_normalisation_and_beta():
 
 
 def test_a_noise_modality_gets_gmr_below_one_and_a_lower_gate(tmp_path):
-    feats = tiny_features(n=300, dims=(6, 6), n_classes=3, seed=2)
-    feats.views[1] = torch.randn(feats.views[1].shape, generator=torch.Generator().manual_seed(5))
+    """On the synthetic generator: an informative linear view and a view that is pure noise."""
+    from dyncim.data import features as Fe
+    syn = C._fill_defaults(C.load_schema()["$defs"]["synthetic"], {
+        "modalities": ["linear", "xor"], "per_class": 40, "linear": {"dim": 16, "scale": 0.5},
+        "corrupt": [{"modality": 1, "kind": "noisy", "fraction": 1.0}]})
+    ds = {"source": "synthetic", "synthetic": syn}
+    Fe.make_split(ds, {"train": 0.6, "val": 0.2, "seed": 0}, None, tmp_path / "s.csv")
+    Fe.build(ds, None, tmp_path / "s.csv", tmp_path / "f.pt")
+    feats = Fe.load(tmp_path / "f.pt")
+    feats.names = ["m0", "m1"]
+    assert (feats.corrupted[:, 1] == 1).all()  # every sample's second view is noise
     t = trainer(tmp_path, feats, DEFAULTS, epochs=15)
     t.fit()
     d = t.method.diagnostics(t.model, t.data, t.data.index("test"))

@@ -132,3 +132,10 @@ def test_dvc_repro_end_to_end(repo):
     assert "train.epochs" in diff
     status = run(["dvc", "status"], repo).stdout
     assert "train:" in status and "features:" not in status
+    (repo / "params.yaml").write_text(run(["git", "show", "HEAD:params.yaml"], repo).stdout)
+    exp = run(["dvc", "exp", "run", "-S", "train.epochs=3"], repo)
+    out = exp.stdout + exp.stderr
+    assert "Running stage 'train'" in out and "Running stage 'features'" not in out
+    assert yaml.safe_load((repo / "params.yaml").read_text())["train"]["epochs"] == 3
+    shown = run(["dvc", "exp", "show", "--json"], repo).stdout
+    assert "train.epochs" in shown or '"epochs": 3' in shown

@@ -47,7 +47,7 @@ def run_paths(root: Path, data: str, method: str, seed: int) -> dict[str, Path]:
 
 def train_seed(params: dict, data: str, method: str, seed: int, feats: features.FeatureSet,
                root: Path, device: torch.device) -> Path:
-    mcfg, tcfg = C.method_config(params, method), C.train_config(params, data, method)
+    mcfg, tcfg = C.method_config(params, method, data), C.train_config(params, data, method)
     paths = run_paths(root, data, method, seed)
     fingerprint = C.run_fingerprint(params, data, method) + code_version()
     parts = method_class(mcfg["type"]).parts(len(feats.names))
