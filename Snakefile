@@ -1,5 +1,6 @@
 # The pipeline's one DAG: download -> split -> features -> train -> evaluate -> report.
 # params.yaml is the single source of truth (DVC reads it too; dvc.yaml runs targets of this file).
+import json
 import sys
 
 from snakemake.utils import min_version, validate
@@ -42,6 +43,6 @@ rule report:
         "results/summary.csv",
         "results/summary.json",
     params:
-        run=lambda w: dc.json.dumps(P["run"]),
+        run=lambda w: json.dumps(P["run"]),
     shell:
         "{PY} -m dyncim report --quiet"

@@ -24,7 +24,7 @@ rule split:
         code=code("dyncim/data/splits.py", "dyncim/data/synthetic.py"),
     params:
         data=split_source,
-        cfg=lambda w: dc.json.dumps([P["split"], P["datasets"][split_source(w)].get("synthetic")], sort_keys=True),
+        cfg=lambda w: json.dumps([P["split"], P["datasets"][split_source(w)].get("synthetic")], sort_keys=True),
     shell:
         "{PY} -m dyncim split --data {params.data} --raw data/raw/mfeat --out {output}"
 
@@ -37,7 +37,7 @@ rule features:
         raw=lambda w: raw_inputs(w.data),
         code=code("dyncim/data/*.py"),
     params:
-        cfg=lambda w: dc.json.dumps({k: v for k, v in P["datasets"][w.data].items()
+        cfg=lambda w: json.dumps({k: v for k, v in P["datasets"][w.data].items()
                                      if k not in ("train", "method_train")}, sort_keys=True),
     shell:
         "{PY} -m dyncim features --data {wildcards.data} --raw data/raw/mfeat "
