@@ -12,7 +12,6 @@ Targets (issues): ratio <= 1.5 (MLP), full run <= 600 s on 2 cores, no-op <= 5 s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics

@@ -1,5 +1,4 @@
 """DynCIM: the properties of docs/method.md, each with numbers."""
-import itertools
 
 import pytest
 import torch

@@ -11,7 +11,6 @@ from torch.nn import functional as F
 from dyncim.data.features import FeatureSet
 from dyncim.methods.agm import AGM, agm_coefficients
 from dyncim.methods.base import Context
-from dyncim.methods.catalog import CATALOG, Entry
 from dyncim.models import build_model
 from dyncim.train.loop import Trainer
 
@@ -142,7 +141,6 @@ def test_clipping_only_when_a_head_gradient_leaves_the_range():
 
 
 def test_training_runs_and_changes_the_model(tmp_path, monkeypatch):
-    monkeypatch.setitem(CATALOG, "agm", Entry("agm", "AGM"))
     g = torch.Generator().manual_seed(0)
     n = 60
     data = FeatureSet(["a", "v", "t"], 3, [torch.randn(n, d, generator=g) for d in (5, 4, 3)],

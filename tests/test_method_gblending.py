@@ -9,7 +9,6 @@ from torch.nn import functional as F
 
 from dyncim.data.features import FeatureSet
 from dyncim.methods.base import Context
-from dyncim.methods.catalog import CATALOG, Entry
 from dyncim.methods.gblending import GBlending, ogr_weights
 from dyncim.models import build_model
 from dyncim.train.loop import Trainer
@@ -100,7 +99,6 @@ def trainer(n_mod, params, tmp_path, epochs=3):
 
 @pytest.mark.parametrize("n_mod", [2, 3])
 def test_probe_training_runs_and_reweights(n_mod, tmp_path, monkeypatch):
-    monkeypatch.setitem(CATALOG, "gblending", Entry("gblending", "GBlending"))
     tr = trainer(n_mod, dict(PARAMS), tmp_path)
     before = copy.deepcopy(tr.model.state_dict())
     probes = []
@@ -119,7 +117,6 @@ def test_probe_training_runs_and_reweights(n_mod, tmp_path, monkeypatch):
 
 
 def test_trajectory_estimate_uses_train_and_validation_losses(tmp_path, monkeypatch):
-    monkeypatch.setitem(CATALOG, "gblending", Entry("gblending", "GBlending"))
     tr = trainer(2, {**PARAMS, "estimate": "trajectory"}, tmp_path, epochs=4)
     tr.fit()
     m, model, data = tr.method, tr.model, tr.data

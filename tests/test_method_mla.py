@@ -10,7 +10,6 @@ from torch.nn import functional as F
 
 from dyncim.data.features import FeatureSet
 from dyncim.methods.base import Context
-from dyncim.methods.catalog import CATALOG, Entry
 from dyncim.methods.mla import MLA
 from dyncim.models import build_model
 from dyncim.models.multimodal import Output
@@ -164,7 +163,6 @@ def tiny(n_mod, n=60, seed=0):
 
 @pytest.mark.parametrize("n_mod,alternate", [(2, "batch"), (3, "batch"), (2, "step"), (3, "step")])
 def test_training_runs_and_changes_the_model(n_mod, alternate, tmp_path, monkeypatch):
-    monkeypatch.setitem(CATALOG, "mla", Entry("mla", "MLA"))
     tr = Trainer(tiny(n_mod), {**PARAMS, "alternate": alternate}, dict(TRAIN), 0, torch.device("cpu"),
                  tmp_path / "last.pt", None, "x")
     before = copy.deepcopy(tr.model.state_dict())

@@ -9,7 +9,6 @@ from torch.nn import functional as F
 
 from dyncim.data.features import FeatureSet
 from dyncim.methods.base import Context
-from dyncim.methods.catalog import CATALOG, Entry
 from dyncim.methods.mmpareto import MMPareto, pareto_combine
 from dyncim.models import build_model
 from dyncim.train.loop import Trainer
@@ -143,7 +142,6 @@ def tiny(n_mod, n=60, seed=0):
 
 @pytest.mark.parametrize("n_mod", [2, 3])
 def test_training_runs_and_changes_the_model(n_mod, tmp_path, monkeypatch):
-    monkeypatch.setitem(CATALOG, "mmpareto", Entry("mmpareto", "MMPareto"))
     tr = Trainer(tiny(n_mod), dict(PARAMS), dict(TRAIN), 0, torch.device("cpu"), tmp_path / "last.pt",
                  None, "x")
     before = copy.deepcopy(tr.model.state_dict())

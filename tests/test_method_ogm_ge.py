@@ -9,10 +9,10 @@ from torch.nn import functional as F
 
 from dyncim.data.features import FeatureSet
 from dyncim.methods.base import Context
-from dyncim.methods.catalog import CATALOG, Entry
 from dyncim.methods.ogm_ge import OGMGE, confidence_scores, ogm_coefficients
 from dyncim.models import build_model
 from dyncim.train.loop import Trainer
+from tests.conftest import TRAIN_CFG
 
 PARAMS = {"type": "ogm-ge", "fusion": "concat", "alpha": 0.8, "modulation_starts": 0,
           "modulation_ends": 50, "ge": False}
@@ -121,14 +121,11 @@ def test_ge_noise_has_the_std_of_the_unmodulated_gradient():
 
 
 def test_training_runs_and_changes_the_model(tmp_path, monkeypatch):
-    monkeypatch.setitem(CATALOG, "ogm-ge", Entry("ogm_ge", "OGMGE"))
     g = torch.Generator().manual_seed(0)
     n = 60
     data = FeatureSet(["a", "b"], 3, [torch.randn(n, 5, generator=g), torch.randn(n, 4, generator=g)],
                       torch.arange(n) % 3, torch.tensor([0] * 36 + [1] * 12 + [2] * 12), None)
-    train = {"epochs": 3, "batch_size": 16, "eval_batch_size": 64, "optimizer": "sgd", "lr": 0.05,
-             "momentum": 0.9, "weight_decay": 1e-4, "lr_step": 0, "lr_gamma": 0.1, "hidden": [8],
-             "dropout": 0.0, "checkpoint_every": 1}
+    train = dict(TRAIN_CFG)
     tr = Trainer(data, {**PARAMS, "ge": True}, train, 0, torch.device("cpu"), tmp_path / "last.pt",
                  None, "x")
     start = copy.deepcopy(tr.model.state_dict())

@@ -8,10 +8,10 @@ import torch
 
 from dyncim.data.features import FeatureSet
 from dyncim.methods.base import Context
-from dyncim.methods.catalog import CATALOG, Entry
 from dyncim.methods.pmr import PMR, class_prototypes
 from dyncim.models.multimodal import Output
 from dyncim.train.loop import Trainer, evaluate_split
+from tests.conftest import TRAIN_CFG
 
 PARAMS = {"type": "pmr", "fusion": "concat", "alpha": 1.0, "modulation_starts": 0,
           "modulation_ends": 100, "momentum_coef": 0.2, "coefficient": "clip", "mu": 0.0,
@@ -128,14 +128,11 @@ def test_momentum_blends_prototypes():
 
 
 def test_training_runs_and_prototypes_are_train_class_means(tmp_path, monkeypatch):
-    monkeypatch.setitem(CATALOG, "pmr", Entry("pmr", "PMR"))
     g = torch.Generator().manual_seed(0)
     n = 60
     data = FeatureSet(["a", "v"], 3, [torch.randn(n, 5, generator=g), torch.randn(n, 4, generator=g)],
                       torch.arange(n) % 3, torch.tensor([0] * 36 + [1] * 12 + [2] * 12), None)
-    train = {"epochs": 3, "batch_size": 16, "eval_batch_size": 64, "optimizer": "sgd", "lr": 0.05,
-             "momentum": 0.9, "weight_decay": 1e-4, "lr_step": 0, "lr_gamma": 0.1, "hidden": [8],
-             "dropout": 0.0, "checkpoint_every": 1}
+    train = dict(TRAIN_CFG)
     tr = Trainer(data, {**PARAMS, "momentum_coef": 0.0, "mu": 0.01}, train, 0, torch.device("cpu"),
                  tmp_path / "last.pt", None, "x")
     start = copy.deepcopy(tr.model.state_dict())

@@ -7,7 +7,6 @@ import torch
 
 from dyncim.config import TRAIN_DEFAULTS
 from dyncim.data.features import FeatureSet
-from dyncim.methods import catalog
 from dyncim.methods.base import Context
 from dyncim.methods.reconboost import ReconBoost
 from dyncim.models import Output, build_model
@@ -175,7 +174,6 @@ def tiny_features(n_mod=2, n=60, seed=0):
 @pytest.mark.parametrize("n_mod", [2, 3])
 def test_training_runs(tmp_path, monkeypatch, n_mod):
     from dyncim.train.loop import Trainer
-    monkeypatch.setitem(catalog.CATALOG, "reconboost", catalog.Entry("reconboost", "ReconBoost"))
     cfg = {**CFG, "epochs_per_stage": 1, "correct_epochs": 1}
     tcfg = {**TRAIN_DEFAULTS, "epochs": 2 * n_mod + 1, "batch_size": 16, "hidden": [8]}
     tr = Trainer(tiny_features(n_mod), cfg, tcfg, seed=0, device=torch.device("cpu"),

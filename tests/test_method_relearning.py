@@ -6,7 +6,6 @@ import torch
 
 from dyncim.config import TRAIN_DEFAULTS
 from dyncim.data.features import FeatureSet
-from dyncim.methods import catalog
 from dyncim.methods.base import Context
 from dyncim.methods.relearning import Relearning, diagnose, kmeans, minmax_scale, purity
 from dyncim.models import build_model
@@ -103,7 +102,6 @@ def tiny_features(n_mod=2, n=60, seed=0):
 
 def make_trainer(tmp_path, monkeypatch, cfg, n_mod=2, epochs=3):
     from dyncim.train.loop import Trainer
-    monkeypatch.setitem(catalog.CATALOG, "relearning", catalog.Entry("relearning", "Relearning"))
     tcfg = {**TRAIN_DEFAULTS, "epochs": epochs, "batch_size": 16, "hidden": [8], "lr": 0.05}
     return Trainer(tiny_features(n_mod), cfg, tcfg, seed=0, device=torch.device("cpu"),
                    ckpt_path=tmp_path / "last.pt", log_dir=None, fingerprint="x")
