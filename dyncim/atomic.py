@@ -31,6 +31,14 @@ def atomic_path(path: str | Path):
         raise
 
 
+def remove_stale(path: str | Path) -> None:
+    """Remove temporary files that a killed writer of `path` left beside it (SIGKILL skips cleanup)."""
+    path = Path(path)
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from ..atomic import torch_save
+from ..atomic import remove_stale, torch_save
 from ..data.features import FeatureSet
 from ..methods import build as build_method
 from ..methods.base import Context
@@ -103,6 +103,7 @@ class Trainer:
         torch_save(self.state(), self.ckpt_path)
 
     def try_resume(self) -> bool:
+        remove_stale(self.ckpt_path)
         if not self.ckpt_path.exists():
             return False
         try:
