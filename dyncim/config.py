@@ -79,14 +79,14 @@ def _fill_defaults(schema: dict, instance: dict) -> dict:
     return out
 
 
-def _resolve_method(name: str, methods: dict, schema: dict, source: str, seen=()) -> dict:
+def _resolve_method(name: str, methods: dict, source: str, seen=()) -> dict:
     if name in seen:
         raise ParamsError(f"{source}: methods.{name}.extends: cycle {' -> '.join(seen + (name,))}")
     if name not in methods:
         raise ParamsError(f"{source}: methods.{seen[-1]}.extends: unknown method {name!r}; "
                           f"defined: {sorted(methods)}")
     raw = methods[name]
-    base = _resolve_method(raw["extends"], methods, schema, source, seen + (name,)) if "extends" in raw else {}
+    base = _resolve_method(raw["extends"], methods, source, seen + (name,)) if "extends" in raw else {}
     merged = {k: v for k, v in base.items() if k not in ("train", "seeds")}
     merged["train"] = {**base.get("train", {}), **raw.get("train", {})}
     if "seeds" in base:
@@ -117,7 +117,7 @@ def resolve(raw: dict, source: str = "params.yaml") -> dict:
 
     methods = {}
     for name in params["methods"]:
-        m = _resolve_method(name, params["methods"], schema, source)
+        m = _resolve_method(name, params["methods"], source)
         mtype = m.get("type")
         type_schema = schema["$defs"][f"method_{mtype}"]
         own = {k: v for k, v in m.items() if k not in ("type", "seeds", "train")}
