@@ -21,7 +21,7 @@ MFEAT_VIEWS = ("fou", "fac", "kar", "pix", "zer", "mor")
 # data set's per-method entry, in that order.
 TRAIN_DEFAULTS: dict[str, Any] = {
     "epochs": 60, "batch_size": 64, "eval_batch_size": 512, "optimizer": "sgd", "lr": 0.05,
-    "momentum": 0.9, "weight_decay": 1e-4, "lr_step": 0, "lr_gamma": 0.1, "hidden": [128, 64],
+    "momentum": 0.9, "weight_decay": 1e-4, "lr_step": 0, "lr_gamma": 0.1, "encoder": "mlp", "hidden": [128, 64],
     "dropout": 0.0, "checkpoint_every": 5,
 }
 

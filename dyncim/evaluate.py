@@ -20,6 +20,7 @@ from .data.synthetic import CORRUPTION_CODES
 from .methods import build as build_method
 from .methods.base import Context
 from .models import build_model
+from .models.multimodal import input_shape
 from .train.loop import evaluate_split
 
 PROBE_RIDGE = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # L2 strength per training sample
@@ -60,8 +61,8 @@ def load_run(path: Path, feats: features.FeatureSet, device):
     built = []
     for part in ck["parts"]:
         sub = feats.subset(part["modalities"])
-        dims = [v.shape[1] for v in sub.views]
-        if dims != part["in_dims"] or sub.names != part["names"]:
+        dims = [input_shape(v) for v in sub.views]
+        if dims != [d if isinstance(d, int) else tuple(d) for d in part["in_dims"]] or sub.names != part["names"]:
             raise ValueError(f"{path}: trained on modalities {part['names']} with input sizes {part['in_dims']}, "
                              f"but the feature file has {sub.names} with {dims}; retrain or use its feature file")
         ctx = Context(names=sub.names, n_classes=ck["n_classes"], n_samples=len(feats.labels),

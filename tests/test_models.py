@@ -22,3 +22,29 @@ def test_sum_fusion_sums_own_heads():
     out = model([torch.randn(2, 5), torch.randn(2, 3)])
     assert torch.allclose(out.fused, out.logits[0] + out.logits[1])
     assert torch.allclose(out.logits[0], model.fusion.heads[0](out.feats[0]))
+
+
+def test_resnet18_encoders_for_spectrograms_and_frame_stacks():
+    from dyncim.models.resnet import ResNet18Encoder
+    torch.manual_seed(0)
+    audio = ResNet18Encoder(1).eval()
+    assert audio(torch.randn(2, 1, 40, 36)).shape == (2, 512)
+    frames = ResNet18Encoder(3, frames=True).eval()
+    x = torch.randn(2, 3, 3, 32, 32)
+    per_frame = torch.stack([frames.layers(frames.stem(x[:, t])).mean((2, 3)) for t in range(3)], 1)
+    assert torch.allclose(frames(x), per_frame.mean(1), atol=1e-5)  # pooled over time
+    n = sum(p.numel() for p in audio.parameters())
+    assert 11.1e6 < n < 11.2e6  # ResNet-18's 11.2 M parameters (1-channel stem, no classifier)
+
+
+def test_build_model_picks_the_encoder_by_input_and_says_what_is_wrong():
+    import pytest
+    from dyncim.models.resnet import ResNet18Encoder
+    model = build_model([(1, 40, 36), (2, 3, 32, 32)], 6, "sum", {**CFG, "encoder": "resnet18"})
+    assert all(isinstance(e, ResNet18Encoder) for e in model.encoders) and model.encoders[1].frames
+    out = model.eval()([torch.randn(2, 1, 40, 36), torch.randn(2, 2, 3, 32, 32)])
+    assert out.fused.shape == (2, 6)
+    with pytest.raises(ValueError, match="encoder mlp takes vector features"):
+        build_model([(1, 40, 36)], 6, "sum", CFG)
+    with pytest.raises(ValueError, match="resnet18 takes"):
+        build_model([12], 6, "sum", {**CFG, "encoder": "resnet18"})

@@ -41,6 +41,23 @@ class MultimodalModel(nn.Module):
         return Output(feats, logits, fused)
 
 
-def build_model(in_dims: list[int], n_classes: int, fusion: str, train_cfg: dict) -> MultimodalModel:
-    encoders = [MLPEncoder(d, train_cfg["hidden"], train_cfg["dropout"]) for d in in_dims]
-    return MultimodalModel(encoders, fusion, n_classes)
+def input_shape(view: torch.Tensor):
+    """A modality's per-sample input: an int for vectors, the shape for images / frame stacks."""
+    return view.shape[1] if view.dim() == 2 else tuple(view.shape[1:])
+
+
+def build_encoder(shape, train_cfg: dict) -> nn.Module:
+    kind = train_cfg.get("encoder", "mlp")
+    if kind == "mlp":
+        if not isinstance(shape, int):
+            raise ValueError(f"encoder mlp takes vector features, got inputs of shape {shape}; use resnet18")
+        return MLPEncoder(shape, train_cfg["hidden"], train_cfg["dropout"])
+    if isinstance(shape, int) or len(shape) not in (3, 4):
+        raise ValueError(f"encoder resnet18 takes (C, H, W) or (T, C, H, W) inputs, got {shape}")
+    from .resnet import ResNet18Encoder
+    return ResNet18Encoder(shape[-3], frames=len(shape) == 4)
+
+
+def build_model(in_dims: list, n_classes: int, fusion: str, train_cfg: dict) -> MultimodalModel:
+    """in_dims: per modality, a feature count (MLP) or an input shape (ResNet-18)."""
+    return MultimodalModel([build_encoder(d, train_cfg) for d in in_dims], fusion, n_classes)

@@ -20,6 +20,7 @@ from .. import config as C
 from ..atomic import torch_save, write_json, write_text
 from ..data import features
 from ..methods import method_class
+from ..models.multimodal import input_shape
 from .loop import Trainer
 
 
@@ -63,7 +64,7 @@ def train_seed(params: dict, data: str, method: str, seed: int, feats: features.
         best = trainer.fit()
         saved.append({"modalities": modalities, "names": sub.names, "fusion": trainer.method.fusion,
                       "best_epoch": best["epoch"], "best_val_acc": best["val_acc"], "state": best["state"],
-                      "in_dims": [v.shape[1] for v in sub.views]})
+                      "in_dims": [input_shape(v) for v in sub.views]})
         rows += [{"part": name or "all", **r} for r in trainer.history]
     out = paths["model_dir"] / "best.pt"
     torch_save({"data": data, "method": method, "seed": seed, "method_cfg": mcfg, "train_cfg": tcfg,

@@ -21,6 +21,7 @@ from ..data.features import FeatureSet
 from ..methods import build as build_method
 from ..methods.base import Context
 from ..models import build_model
+from ..models.multimodal import input_shape
 
 
 class NonFiniteLoss(RuntimeError):
@@ -78,7 +79,7 @@ class Trainer:
                            epochs=train_cfg["epochs"], steps_per_epoch=steps, device=device,
                            corrupted=self.data.corrupted)
         self.method = build_method(method_cfg, self.ctx)
-        self.model = build_model([v.shape[1] for v in data.views], data.n_classes,
+        self.model = build_model([input_shape(v) for v in data.views], data.n_classes,
                                  self.method.fusion, train_cfg).to(device)
         self.method.setup(self.model)
         self.model.to(device)
