@@ -25,7 +25,7 @@ Epochs: the official loop counts epochs from 1 and modulates when starts <= epoc
 `modulation_starts`/`modulation_ends` here use the same 1-based count (default 0..20: the
 first 20 epochs).
 
-Deviations from the official code (also listed in /work/snippets/agm.yaml):
+Deviations from the official code (also listed in docs/baselines.md):
 - The official code runs the zero-padded passes as whole extra forwards of the network in eval
   mode (dropout off) while f(all) runs in train mode. Here every f(S) reuses the training-mode
   features of the present modalities and only the encoders of zeroed modalities run (once, on a

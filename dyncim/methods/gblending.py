@@ -22,7 +22,7 @@ the jointly trained heads at consecutive super-epoch boundaries, recomputed in `
 (uniform weights until the first boundary). L^T and L^V are mean cross-entropies of an eval-mode
 pass over the training split and the validation split (never test).
 
-Deviations from BalanceBenchmark (also in /work/snippets/gblending.yaml):
+Deviations from BalanceBenchmark (also in docs/baselines.md):
   - held-out losses come from the validation split; BalanceBenchmark passes its evaluation loader
     (the test set in its runs) to the estimate;
   - losses are means over samples of an eval-mode pass at the checkpoint; BalanceBenchmark sums

@@ -24,7 +24,7 @@ The model's sum-fusion heads are aliased to the shared head, so `out.logits[m]` 
 evaluation per-modality accuracy) is the shared head on modality m. Works for 2 and 3 modalities
 (the official code has a 3-modality path).
 
-Deviations from the official code (also in /work/snippets/mla.yaml):
+Deviations from the official code (also in docs/baselines.md):
   - the official GSPlugin only projects a parameter named "module.weight", but is handed the bare
     `nn.Linear` head whose weight is named "weight" (commit 11ae1ee "Fix bugs" removed the
     `or n == "weight"`), so at the published commit the projection never runs; we apply it;

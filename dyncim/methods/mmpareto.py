@@ -19,7 +19,7 @@ gradients of L_mm and L_m on the encoder's parameters (flattened over all of the
 Heads get their own losses' gradients (the fused head L_mm, head m L_m), as in the official code.
 Defined for any number of modalities: each encoder sees exactly two tasks (L_mm and its own L_m).
 
-Deviations from the official code (also in /work/snippets/mmpareto.yaml):
+Deviations from the official code (also in docs/baselines.md):
   - no host synchronisation: the cosine test and the weights are tensors (torch.where), not
     Python branches on `.item()`; per-loss gradients come from torch.autograd.grad (M + 1 passes)
     instead of M + 1 `backward(retain_graph=True)` calls plus a fourth full backward for the norm;

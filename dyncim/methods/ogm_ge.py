@@ -17,7 +17,7 @@ score of the other modalities, rho_m = s_m / mean_{j != m} s_j. With two modalit
 official rule exactly; with three, every modality whose confidence exceeds the mean of the rest
 is slowed down, each by its own ratio.
 
-Deviations from the official code (each is also listed in /work/snippets/ogm-ge.yaml):
+Deviations from the official code (each is also listed in docs/baselines.md):
 - Which gradients: the official code modulates only 4-D gradients (the conv kernels of the
   ResNet encoders; biases and batch-norm parameters are left alone). Our encoders are MLPs, so
   the analogue is every weight matrix (dim >= 2) of the encoder; biases are left alone too.

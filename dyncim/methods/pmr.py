@@ -23,7 +23,7 @@ loop counts); PER while epoch <= modulation_starts + per_epochs.
 More than two modalities (the paper defines two): rho_m compares s_m with the mean score of the
 other modalities; with two modalities this is the paper's rho exactly.
 
-Deviations from the official code (also listed in /work/snippets/pmr.yaml):
+Deviations from the official code (also listed in docs/baselines.md):
 - The released script uses the binary coefficient (alpha for the slower modality, 0 for the
   other) and has no entropy regularisation; the paper defines beta = alpha * clip(rho - 1, 0, 1)
   and PER. We default to the paper (`coefficient: clip`, `mu` > 0) and keep `binary` selectable.

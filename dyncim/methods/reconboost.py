@@ -27,7 +27,7 @@ ensemble members kept in a buffer of `model.extra["reconboost"]`, so it is label
 restored with the model. Defined for any number of modalities (the official code has two- and
 three-modality scripts with the same round-robin).
 
-Deviations from the official code (also in /work/snippets/reconboost.yaml):
+Deviations from the official code (also in docs/baselines.md):
 - The "ga" (memory consolidation) term of the official code, alpha * MSE(softmax(z^a),
   softmax(z^prev)), is computed on two detached tensors, so it has no gradient and changes nothing
   but the logged loss; we leave it out (no `alpha` parameter).

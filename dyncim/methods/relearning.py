@@ -20,7 +20,7 @@ epoch > 0` with `flag_reinit <= reinit_num`):
      official code); the initial values are stored by `setup` and kept in the method's state.
 Any number of modalities: the diagnosis and the re-initialisation are per modality.
 
-Deviations from the official code (also in /work/snippets/relearning.yaml):
+Deviations from the official code (also in docs/baselines.md):
 - k-means: the official code calls scikit-learn's KMeans(n_clusters, random_state=0) with its
   defaults (k-means++ init, max_iter 300, tol 1e-4; n_init 10 before scikit-learn 1.4, one run
   after). We run our own k-means in torch on the training device (no scikit-learn dependency,
