@@ -121,6 +121,9 @@ def test_dvc_repro_end_to_end(repo):
     metrics = json.loads(shown)
     flat = json.dumps(metrics)
     assert "results/summary.json" in flat and "acc_mean" in flat and "mfeat-fou-mor" in flat
+    plots = run(["dvc", "plots", "show", "-o", "plots"], repo)
+    assert "failed to load" not in plots.stdout + plots.stderr
+    assert "val_acc" in (repo / "plots" / "index.html").read_text()
     again = run(["dvc", "repro"], repo)
     assert "Running stage" not in again.stdout
     status = run(["dvc", "status"], repo)
