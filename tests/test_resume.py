@@ -13,7 +13,7 @@ import yaml
 from tests.conftest import REPO, copy_repo, venv_env
 
 
-def tiny(root, epochs=60):
+def tiny(root, epochs=200):
     p = yaml.safe_load((REPO / "params.yaml").read_text())
     p["seeds"] = [0]
     p["train"].update(epochs=epochs, hidden=[16], checkpoint_every=2, lr_step=0)
@@ -61,12 +61,12 @@ def test_sigkill_mid_epoch_then_rerun_equals_an_uninterrupted_run(tmp_path):
     proc = subprocess.Popen(train_cmd(b), env=venv_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     ckpt = b / "models/syn/dyncim/seed0/last.pt"
     wait_for(ckpt, proc)
-    time.sleep(0.3)  # somewhere inside a later epoch
+    time.sleep(0.1)  # somewhere inside a later epoch
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (b / "models/syn/dyncim/manifest.json").exists()
     killed_at = torch.load(ckpt, weights_only=False)["epoch"]  # loads: never half-written
-    assert 0 < killed_at < 60
+    assert 0 < killed_at < 200
     (ckpt.parent / ".last.pt.stale.tmp").write_bytes(b"x")  # as a kill during a checkpoint write leaves
 
     rerun = subprocess.run(train_cmd(b), env=venv_env(), capture_output=True, text=True)
@@ -100,7 +100,7 @@ def test_pipeline_killed_then_rerun_finishes_with_the_same_metrics(tmp_path, too
     proc = subprocess.Popen(cmd, cwd=run, env=venv_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
     wait_for(run / "models/syn/dyncim/seed0/last.pt", proc, timeout=300)
-    time.sleep(0.3)
+    time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=60)
     assert not (run / "results" / "summary.md").exists()
