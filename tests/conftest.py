@@ -13,6 +13,19 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 
+class RecordingWriter:
+    """Stands in for TensorBoard's SummaryWriter in tests of a method's `log` hook."""
+
+    def __init__(self):
+        self.scalars = {}
+
+    def add_scalar(self, tag, value, step):
+        self.scalars[tag] = value
+
+    def add_histogram(self, tag, values, step):
+        self.scalars[tag] = values
+
+
 def tiny_features(n=120, dims=(5, 4), n_classes=3, seed=0, informative=True) -> FeatureSet:
     """A small random multimodal set: 60% train, 20% val, 20% test."""
     g = torch.Generator().manual_seed(seed)

@@ -13,6 +13,7 @@ from dyncim.methods.agm import AGM, agm_coefficients
 from dyncim.methods.base import Context
 from dyncim.models import build_model
 from dyncim.train.loop import Trainer
+from tests.conftest import RecordingWriter
 
 PARAMS = {"type": "agm", "fusion": "concat", "alpha": 1.0, "modulation_starts": 0,
           "modulation_ends": 20, "cap": 10.0, "grad_clip": 0.0}
@@ -155,11 +156,7 @@ def test_training_runs_and_changes_the_model(tmp_path, monkeypatch):
     assert all(math.isfinite(r["train_loss"]) for r in tr.history)
     assert any(not torch.equal(start[k], v) for k, v in tr.model.state_dict().items())
     assert tr.method.iteration == 3 * 3 and torch.isfinite(tr.method.running).all()
-    logged = {}
-
-    class Writer:
-        def add_scalar(self, tag, value, step):
-            logged[tag] = value
-
-    tr.method.log(Writer(), 3, tr)
+    writer = RecordingWriter()
+    tr.method.log(writer, 3, tr)
+    logged = writer.scalars
     assert math.isfinite(logged["agm/coefficient_a"])

@@ -7,12 +7,11 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from dyncim.data.features import FeatureSet
 from dyncim.methods.base import Context
 from dyncim.methods.gblending import GBlending, ogr_weights
 from dyncim.models import build_model
 from dyncim.train.loop import Trainer
-from tests.conftest import TRAIN_CFG
+from tests.conftest import TRAIN_CFG, tiny_features
 
 PARAMS = {"type": "gblending", "super_epoch": 2, "estimate": "probe", "unimodal_heads": "separate",
           "eps": 1e-8}
@@ -82,18 +81,10 @@ def test_slice_heads_are_the_concat_head_slices():
     assert torch.allclose(method._head_logits(model, xs, 0), out.logits[0])
 
 
-def tiny(n_mod, n=60, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % 3
-    views = [(torch.randn(3, d, generator=g)[labels] + torch.randn(n, d, generator=g)).float()
-             for d in [5, 4, 6][:n_mod]]
-    split = torch.zeros(n, dtype=torch.int8)
-    split[36:48], split[48:] = 1, 2
-    return FeatureSet(["a", "b", "c"][:n_mod], 3, views, labels, split, None)
 
 
 def trainer(n_mod, params, tmp_path, epochs=3):
-    return Trainer(tiny(n_mod), params, {**TRAIN, "epochs": epochs}, 0, torch.device("cpu"),
+    return Trainer(tiny_features(n=60, dims=(5, 4, 6)[:n_mod]), params, {**TRAIN, "epochs": epochs}, 0, torch.device("cpu"),
                    tmp_path / "last.pt", None, "x")
 
 

@@ -7,12 +7,11 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from dyncim.data.features import FeatureSet
 from dyncim.methods.base import Context
 from dyncim.methods.mmpareto import MMPareto, pareto_combine
 from dyncim.models import build_model
 from dyncim.train.loop import Trainer
-from tests.conftest import TRAIN_CFG
+from tests.conftest import TRAIN_CFG, tiny_features
 
 PARAMS = {"type": "mmpareto", "gamma": 1.5, "rescale": "tensor"}
 TRAIN = TRAIN_CFG
@@ -130,19 +129,11 @@ def test_backward_hook_sets_pareto_grads_and_head_grads(n_mod):
             assert torch.allclose(p.grad, e, atol=1e-7)
 
 
-def tiny(n_mod, n=60, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % 3
-    views = [(torch.randn(3, d, generator=g)[labels] + torch.randn(n, d, generator=g)).float()
-             for d in [5, 4, 6][:n_mod]]
-    split = torch.zeros(n, dtype=torch.int8)
-    split[36:48], split[48:] = 1, 2
-    return FeatureSet(["a", "b", "c"][:n_mod], 3, views, labels, split, None)
 
 
 @pytest.mark.parametrize("n_mod", [2, 3])
 def test_training_runs_and_changes_the_model(n_mod, tmp_path, monkeypatch):
-    tr = Trainer(tiny(n_mod), dict(PARAMS), dict(TRAIN), 0, torch.device("cpu"), tmp_path / "last.pt",
+    tr = Trainer(tiny_features(n=60, dims=(5, 4, 6)[:n_mod]), dict(PARAMS), dict(TRAIN), 0, torch.device("cpu"), tmp_path / "last.pt",
                  None, "x")
     before = copy.deepcopy(tr.model.state_dict())
     tr.fit()

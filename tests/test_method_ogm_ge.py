@@ -12,7 +12,7 @@ from dyncim.methods.base import Context
 from dyncim.methods.ogm_ge import OGMGE, confidence_scores, ogm_coefficients
 from dyncim.models import build_model
 from dyncim.train.loop import Trainer
-from tests.conftest import TRAIN_CFG
+from tests.conftest import TRAIN_CFG, RecordingWriter
 
 PARAMS = {"type": "ogm-ge", "fusion": "concat", "alpha": 0.8, "modulation_starts": 0,
           "modulation_ends": 50, "ge": False}
@@ -134,11 +134,7 @@ def test_training_runs_and_changes_the_model(tmp_path, monkeypatch):
     assert len(tr.history) == 3
     assert any(not torch.equal(start[k], v) for k, v in tr.model.state_dict().items())
     assert tr.method.last_coef is not None and torch.isfinite(tr.method.last_coef).all()
-    logged = {}
-
-    class Writer:
-        def add_scalar(self, tag, value, step):
-            logged[tag] = value
-
-    tr.method.log(Writer(), 3, tr)
+    writer = RecordingWriter()
+    tr.method.log(writer, 3, tr)
+    logged = writer.scalars
     assert math.isfinite(logged["ogm/coefficient_a"])

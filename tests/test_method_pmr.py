@@ -11,7 +11,7 @@ from dyncim.methods.base import Context
 from dyncim.methods.pmr import PMR, class_prototypes
 from dyncim.models.multimodal import Output
 from dyncim.train.loop import Trainer, evaluate_split
-from tests.conftest import TRAIN_CFG
+from tests.conftest import TRAIN_CFG, RecordingWriter
 
 PARAMS = {"type": "pmr", "fusion": "concat", "alpha": 1.0, "modulation_starts": 0,
           "modulation_ends": 100, "momentum_coef": 0.2, "coefficient": "clip", "mu": 0.0,
@@ -145,11 +145,7 @@ def test_training_runs_and_prototypes_are_train_class_means(tmp_path, monkeypatc
     assert all(math.isfinite(r["train_loss"]) for r in tr.history)
     assert any(not torch.equal(start[k], v) for k, v in tr.model.state_dict().items())
     assert tr.method._steps > 0
-    logged = {}
-
-    class Writer:
-        def add_scalar(self, tag, value, step):
-            logged[tag] = value
-
-    tr.method.log(Writer(), 3, tr)
+    writer = RecordingWriter()
+    tr.method.log(writer, 3, tr)
+    logged = writer.scalars
     assert math.isfinite(logged["pmr/beta_a"])

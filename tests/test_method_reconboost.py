@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from dyncim.config import TRAIN_DEFAULTS
-from dyncim.data.features import FeatureSet
 from dyncim.methods.base import Context
 from dyncim.methods.reconboost import ReconBoost
 from dyncim.models import Output, build_model
+from tests.conftest import tiny_features
 
 CFG = {"type": "reconboost", "epochs_per_stage": 4, "correct_epochs": 4, "weight1": 5.0,
        "weight2": 1.0, "boost_rate": 1.0, "shared_head": True, "reset_optimizer": True}
@@ -163,12 +163,6 @@ def test_predict_uses_ensemble_members_and_shared_head_survives_reload():
     assert torch.allclose(method2.predict(model2, out), method.predict(model, out))
 
 
-def tiny_features(n_mod=2, n=60, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % 3
-    views = [torch.randn(n, d, generator=g) + labels[:, None].float() for d in (6, 5, 4)[:n_mod]]
-    split = torch.tensor(([0] * 6 + [1] * 2 + [2] * 2) * (n // 10), dtype=torch.int8)
-    return FeatureSet([f"m{i}" for i in range(n_mod)], 3, views, labels, split, None)
 
 
 @pytest.mark.parametrize("n_mod", [2, 3])
@@ -176,7 +170,7 @@ def test_training_runs(tmp_path, monkeypatch, n_mod):
     from dyncim.train.loop import Trainer
     cfg = {**CFG, "epochs_per_stage": 1, "correct_epochs": 1}
     tcfg = {**TRAIN_DEFAULTS, "epochs": 2 * n_mod + 1, "batch_size": 16, "hidden": [8]}
-    tr = Trainer(tiny_features(n_mod), cfg, tcfg, seed=0, device=torch.device("cpu"),
+    tr = Trainer(tiny_features(n=60, dims=(6, 5, 4)[:n_mod]), cfg, tcfg, seed=0, device=torch.device("cpu"),
                  ckpt_path=tmp_path / "last.pt", log_dir=None, fingerprint="x")
     start = {k: v.clone() for k, v in tr.model.state_dict().items()}
     tr.fit()

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from dyncim.config import TRAIN_DEFAULTS
-from dyncim.data.features import FeatureSet
 from dyncim.methods.base import Context
 from dyncim.methods.relearning import Relearning, diagnose, kmeans, minmax_scale, purity
 from dyncim.models import build_model
+from tests.conftest import tiny_features
 
 CFG = {"type": "relearning", "fusion": "concat", "reinit_every": 20, "reinit_times": 3,
        "move_lambda": 3.0, "kmeans_restarts": 10, "kmeans_iters": 300, "kmeans_seed": 0}
@@ -92,18 +92,12 @@ def test_schedule_follows_official_epochs():
     assert [e for e in range(200) if method.due(e)] == [20, 40, 60]
 
 
-def tiny_features(n_mod=2, n=60, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % 3
-    views = [torch.randn(n, d, generator=g) + labels[:, None].float() for d in (6, 5, 4)[:n_mod]]
-    split = torch.tensor(([0] * 6 + [1] * 2 + [2] * 2) * (n // 10), dtype=torch.int8)
-    return FeatureSet([f"m{i}" for i in range(n_mod)], 3, views, labels, split, None)
 
 
 def make_trainer(tmp_path, monkeypatch, cfg, n_mod=2, epochs=3):
     from dyncim.train.loop import Trainer
     tcfg = {**TRAIN_DEFAULTS, "epochs": epochs, "batch_size": 16, "hidden": [8], "lr": 0.05}
-    return Trainer(tiny_features(n_mod), cfg, tcfg, seed=0, device=torch.device("cpu"),
+    return Trainer(tiny_features(n=60, dims=(6, 5, 4)[:n_mod]), cfg, tcfg, seed=0, device=torch.device("cpu"),
                    ckpt_path=tmp_path / "last.pt", log_dir=None, fingerprint="x")
 
 
