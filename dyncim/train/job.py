@@ -10,6 +10,7 @@ method and this driver trains its seeds in turn; outputs stay per seed:
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 from pathlib import Path
@@ -24,6 +25,7 @@ from ..models.multimodal import input_shape
 from .loop import Trainer
 
 
+@functools.lru_cache(maxsize=None)
 def code_version() -> str:
     """Hash of the package's source: a resume checkpoint from other code is not resumed."""
     h = hashlib.sha256()

@@ -80,7 +80,7 @@ class Trainer:
                            corrupted=self.data.corrupted)
         self.method = build_method(method_cfg, self.ctx)
         self.model = build_model([input_shape(v) for v in data.views], data.n_classes,
-                                 self.method.fusion, train_cfg).to(device)
+                                 self.method.fusion, train_cfg)
         self.method.setup(self.model)
         self.model.to(device)
         self.optimizer = make_optimizer(self.method.param_groups(self.model), train_cfg)
