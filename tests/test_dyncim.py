@@ -11,6 +11,7 @@ from dyncim.evaluate import load_run
 from dyncim.methods.base import Context
 from dyncim.methods.dyncim import DynCIM, js_divergence, log_gmr, log_hmir, self_paced_weights
 from dyncim.models import build_model
+from dyncim.models.multimodal import Output
 from dyncim.train.job import train_seed
 from dyncim.train.loop import Trainer
 from tests.conftest import TRAIN_CFG, tiny_features
@@ -43,15 +44,101 @@ def test_every_switch_off_is_sum_fusion_with_unimodal_losses_step_by_step(tmp_pa
     for step in range(7):
         batch = idx[step * 16:(step + 1) * 16]
         xs, y = [v[batch] for v in feats.views], feats.labels[batch]
-        la, _ = a.method.loss(a.method.forward(a.model, xs, batch), y, batch)
-        lb, _ = b.method.loss(b.method.forward(b.model, xs, batch), y, batch)
+        oa, ob = a.method.forward(a.model, xs, batch), b.method.forward(b.model, xs, batch)
+        la, _ = a.method.loss(oa, y, batch)
+        lb, _ = b.method.loss(ob, y, batch)
         assert torch.allclose(la, lb, rtol=1e-6, atol=1e-7), (step, la, lb)
         for t in (a, b):
             t.optimizer.zero_grad()
-        la.backward(), lb.backward()
+        a.method.backward(la, a.model, oa, y), b.method.backward(lb, b.model, ob, y)
         for k in pa:
             assert torch.allclose(pa[k].grad, pb[k].grad, rtol=1e-5, atol=1e-7), (step, k)
         a.optimizer.step(), b.optimizer.step()
+
+
+def reference_loss(m, model, logits, y, idx, alpha):
+    """docs/method.md's loss written with plain autograd, from the method's state before the step.
+    D_Task goes through the method's own `_difficulty` on a copy of the memory (its own tests
+    check it); everything else here is independent of the closed-form code."""
+    z = torch.stack(logits)
+    M, B, C = z.shape
+    st = model.extra["mdc"]
+    zero = torch.zeros(M)
+    lg = log_gmr(st.strength) if m.use_gmr else zero
+    lh = st.log_hmir if m.use_hmir else zero
+    beta = m.betas(lg, lh)
+    L = torch.stack([F.cross_entropy(z[k], y) for k in range(M)])
+    zd = z.detach()
+    pf = zd.sum(0)
+    logp = F.log_softmax(zd, -1)
+    if m.use_gate:
+        p = logp.exp()
+        others = (zd.sum(0, keepdim=True) - zd) / (M - 1)
+        dis = js_divergence(logp, F.log_softmax(others, -1))
+        ent = -(p * logp).sum(-1) / math.log(C)
+        g, _, _ = model.extra["gate"](torch.stack([p.amax(-1), ent, dis], -1), torch.stack([lg, lh], 1))
+        yhat = DynCIM.fuse(z, g.t())
+        d_fuse = g.mean(0).detach()
+    else:
+        g, yhat, d_fuse = None, z.sum(0), torch.ones(B)
+    ell = F.cross_entropy(yhat, y, reduction="none")
+    d_task = torch.ones(B)
+    if m.use_sdc:
+        dev = F.cross_entropy(pf, y, reduction="none")
+        cons = js_divergence(logp, F.log_softmax(pf, -1)[None])
+        saved = m.mem.clone()
+        d_task = m._difficulty(idx, dev, cons)
+        m.mem.copy_(saved)
+    w = d_task * d_fuse
+    lam = m._pace()
+    v = self_paced_weights((w * ell).detach(), lam) if lam is not None else torch.ones(B)
+    return alpha * (v * w * ell).mean() + (1 - alpha) * (beta * L).sum()
+
+
+@pytest.mark.parametrize("cfg,names", [
+    ({}, ("a", "b")),
+    ({}, ("a", "b", "c")),
+    ({"gate": False}, ("a", "b")),
+    ({"sdc": False}, ("a", "b", "c")),
+    ({"self_paced": False, "hmir": False}, ("a", "b")),
+    ({"mdc": False, "history": "hadamard"}, ("a", "b")),
+    ({"beta_from": "gmr_hmir", "adaptive_alpha": True, "rho": 2.0}, ("a", "b", "c")),
+])
+def test_closed_form_loss_and_gradients_match_autograd(cfg, names):
+    """The step's loss and gradients (computed together in closed form) equal autograd's on the
+    plain formulas, for the logits and for the gate's parameter, over several steps."""
+    m, model = method(cfg, names=names, n_classes=5, n_samples=60)
+    torch.manual_seed(3)
+    st = model.extra["mdc"]
+    with torch.no_grad():  # statistics away from their start, so GMR, HMIR and β are not trivial
+        st.strength.copy_(torch.rand(len(names)) * 0.8 + 0.1)
+        st.log_hmir.copy_(torch.randn(len(names)) * 0.5)
+    for step in range(4):
+        m.epoch = step
+        idx = torch.randperm(60)[:24]
+        y = torch.randint(0, 5, (24,))
+        logits = [(torch.randn(24, 5) * 2).requires_grad_() for _ in names]
+        state = (m.mem.clone(), {k: b.clone() for k, b in st.named_buffers()}, m.loss_ema.clone(), m.win_steps)
+        value, _ = m.loss(Output(None, logits, None), y, idx)
+        flat = model.extra["gate"].flat if m.use_gate else None
+        if flat is not None:
+            flat.grad = None
+        m.backward(value, model, Output(None, logits, None), y)
+        alpha = float(m._trace["alpha"])
+        after = m.mem.clone(), {k: b.clone() for k, b in st.named_buffers()}
+        m.mem.copy_(state[0])  # the reference reads the state before the step
+        for k, b in st.named_buffers():
+            b.copy_(state[1][k])
+        ref_logits = [l.detach().clone().requires_grad_() for l in logits]
+        ref = reference_loss(m, model, ref_logits, y, idx, alpha)
+        params = ref_logits + ([flat] if flat is not None else [])
+        grads = torch.autograd.grad(ref, params)
+        assert value.item() == pytest.approx(ref.item(), rel=1e-5, abs=1e-6), step
+        for got, want in zip([l.grad for l in logits] + ([flat.grad] if flat is not None else []), grads):
+            assert torch.allclose(got, want, rtol=1e-4, atol=1e-6), (step, (got - want).abs().max())
+        m.mem.copy_(after[0])
+        for k, b in st.named_buffers():
+            b.copy_(after[1][k])
 
 
 def test_d_task_has_batch_mean_one_and_v_and_gates_are_bounded():
@@ -66,10 +153,10 @@ def test_d_task_has_batch_mean_one_and_v_and_gates_are_bounded():
         d_task, v, g = m._trace["d_task"][-1], m._trace["v"][-1], m._trace["gate"][-1]
         assert d_task.mean().item() == pytest.approx(1.0, abs=1e-5) and (d_task > 0).all()
         assert (v >= 0).all() and (v <= 1).all() and (v == 0).any() and (v > 0).float().mean() >= 0.5
-        assert (g > 0).all() and (g < 1).all()
-    m.epoch = m.cfg["pace_epochs"]  # pace over: every sample admitted with weight 1
+        assert g.shape == (2, 32) and (g > 0).all() and (g < 1).all()
+    m.epoch = m.cfg["pace_epochs"]  # pace over: every sample admitted with weight 1 (recorded as None)
     m.loss(model(xs), y, idx)
-    assert torch.equal(m._trace["v"][-1], torch.ones(32))
+    assert m._trace["v"][-1] is None
 
 
 def test_self_paced_weights_minimise_the_printed_objective():
@@ -127,18 +214,22 @@ def test_stability_uses_each_samples_own_previous_deviation_under_shuffling():
     logits1, logits2 = torch.randn(10, 4), torch.randn(10, 4)  # fused logits, indexed by sample id
     z = torch.randn(2, 10, 4)
 
+    cons = torch.rand(2, 10)
+
     def call(ids, logits):
-        lp = F.log_softmax(z[:, ids], -1)
-        raw, _ = m.signals(ids, logits[ids], lp, lp.exp(), y[ids])
-        m._difficulty(ids, logits[ids], lp, lp.exp(), y[ids])
+        dev = F.cross_entropy(logits[ids], y[ids], reduction="none")
+        raw, _ = m.signals(ids, dev, cons[:, ids])
+        m._difficulty(ids, dev, cons[:, ids])
         return raw
     raw1 = call(ids1, logits1)
     dev1 = F.cross_entropy(logits1, y, reduction="none")
     assert torch.allclose(raw1[:, 0], dev1[ids1]) and (raw1[:, 2] == 0).all()   # first visit: 0
+    assert torch.allclose(raw1[:, 1], cons[:, ids1].sum(0))
     raw2 = call(ids2, logits2)
     dev2 = F.cross_entropy(logits2, y, reduction="none")
     assert torch.allclose(raw2[:, 2], (dev2 - dev1).abs()[ids2], atol=1e-6)
-    assert torch.equal(m.mem[:, 1], torch.full((10,), 2.0))                      # two visits each
+    assert torch.equal(m.mem[:, 0], dev2)                                         # the latest deviation
+    assert torch.allclose(m.mem[:, 1], torch.full((10,), m.cfg["gamma"]))         # history weight after a visit
 
 
 @pytest.mark.parametrize("history", ["ema", "hadamard"])
@@ -146,15 +237,14 @@ def test_history_forms(history):
     m, _ = method({"history": history, "gamma": 0.5}, n_samples=8)
     ids = torch.arange(8)
     y = torch.zeros(8, dtype=torch.long)
-    z = torch.randn(2, 8, 4)
-    lp = F.log_softmax(z, -1)
+    cons = torch.rand(2, 8)
     projs = []
     for t in range(3):
-        pf = torch.randn(8, 4)
-        raw, _ = m.signals(ids, pf, lp, lp.exp(), y)
+        dev = F.cross_entropy(torch.randn(8, 4), y, reduction="none")
+        raw, _ = m.signals(ids, dev, cons)
         sd, mu = torch.std_mean(raw, 0, unbiased=False)
         projs.append(torch.sigmoid((raw - mu) / (sd + 1e-6)))
-        D = m._difficulty(ids, pf, lp, lp.exp(), y)
+        D = m._difficulty(ids, dev, cons)
         assert D.mean().item() == pytest.approx(1.0, abs=1e-5)
     if history == "ema":
         want = 0.25 * projs[0] + 0.25 * projs[1] + 0.5 * projs[2]
@@ -168,10 +258,8 @@ def test_signal_switches_zero_their_weight():
     m, model = method({"sdc_consistency": False, "sdc_stability": False}, n_samples=16)
     ids = torch.arange(16)
     y = torch.randint(0, 4, (16,))
-    z = torch.randn(2, 16, 4)
-    lp = F.log_softmax(z, -1)
-    pf = torch.randn(16, 4)
-    D = m._difficulty(ids, pf, lp, lp.exp(), y)
+    dev = F.cross_entropy(torch.randn(16, 4), y, reduction="none")
+    D = m._difficulty(ids, dev, torch.rand(2, 16))
     e0 = m.mem[:, 2]  # only the deviation's history counts
     assert torch.allclose(D, e0 / e0.mean(), atol=1e-6)
     with pytest.raises(ValueError, match="every SDC signal is off"):
@@ -225,7 +313,9 @@ def test_statistics_round_trip_and_predictions_are_label_free(tmp_path):
     last = torch.load(tmp_path / "models/tiny/dyncim/seed0/last.pt", weights_only=False)
     strength = last["model"]["extra.mdc.strength"]
     assert not torch.allclose(strength, torch.full_like(strength, 0.25))  # it was updated in training
-    assert last["method"]["mem"][:, 1].max() == 3                          # 3 epochs: 3 visits
+    mem = last["method"]["mem"]
+    assert mem[feats.index("train"), 0].isfinite().all()                    # every training sample visited
+    assert (mem[feats.index("train"), 1] == DEFAULTS["gamma"]).all()        # so its history counts
     _, built = load_run(path, feats, "cpu")
     part, sub, m, model = built[0]
     best = torch.load(path, weights_only=False)["parts"][0]["state"]

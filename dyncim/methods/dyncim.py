@@ -20,26 +20,29 @@ import math
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
+from ..models.multimodal import Output
 from .base import Method
 
 EPS = 1e-8
 
 
-def js_divergence(logp: torch.Tensor, logq: torch.Tensor, p=None, q=None) -> torch.Tensor:
-    """Jensen-Shannon divergence between distributions given as log-probabilities (last dim);
-    p, q (the probabilities) may be passed when the caller has them already."""
+def js_divergence(logp: torch.Tensor, logq: torch.Tensor, p=None, q=None, plogp=None) -> torch.Tensor:
+    """Jensen-Shannon divergence between distributions given as log-probabilities (last dim), as
+    ½Σp·log p + ½Σq·log q − Σm·log m with m = (p+q)/2; p, q and Σp·log p may be passed when the
+    caller has them already. The definition; the training step computes the same for all its
+    pairs at once in matrix form (`DynCIM.observe`), and the tests compare the two."""
     p = logp.exp() if p is None else p
     q = logq.exp() if q is None else q
-    logm = torch.log((p + q) / 2 + EPS)
-    return 0.5 * ((p * (logp - logm)).sum(-1) + (q * (logq - logm)).sum(-1))
+    plogp = (p * logp).sum(-1) if plogp is None else plogp
+    m = (p + q) * 0.5
+    return 0.5 * (plogp + (q * logq).sum(-1)) - (m * (m + EPS).log()).sum(-1)
 
 
 def log_gmr(strength: torch.Tensor) -> torch.Tensor:
     """log GMR_m = log s_m − mean_k log s_k (GMR_m = s_m / geometric mean of s)."""
     logs = strength.clamp_min(EPS).log()
-    return logs - logs.mean()
+    return logs - logs.sum() * (1 / logs.numel())
 
 
 def log_hmir(rates: torch.Tensor, floor: float, clip: float) -> torch.Tensor:
@@ -50,12 +53,13 @@ def log_hmir(rates: torch.Tensor, floor: float, clip: float) -> torch.Tensor:
 
 
 def self_paced_weights(wl: torch.Tensor, lam: float) -> torch.Tensor:
-    """Closed-form minimiser of v·wl + η(1−v)² over v ∈ [0,1]: v = clip(1 − wl/(2η), 0, 1), with
-    2η the λ-quantile of wl over the batch (the k-th smallest value, k = ⌈λ·B⌉: one kthvalue call
-    instead of an interpolating quantile), so about a fraction λ of the samples is admitted."""
+    """Closed-form minimiser of v·wl + η(1−v)² over v ∈ [0,1] for wl ≥ 0: v = clip(1 − wl/(2η), 0, 1)
+    = max(2η − wl, 0) / 2η, with 2η the λ-quantile of wl over the batch (the k-th smallest value,
+    k = ⌈λ·B⌉, rather than an interpolating quantile), so about a fraction λ of the samples is
+    admitted. (topk + amax: measurably cheaper in the training step than kthvalue.)"""
     k = max(1, math.ceil(lam * wl.numel()))
-    two_eta = wl.kthvalue(k).values.clamp_min(EPS)
-    return (1 - wl / two_eta).clamp(0, 1)
+    two_eta = wl.topk(k, largest=False, sorted=False).values.amax().clamp_min_(EPS)
+    return (two_eta - wl).clamp_min_(0).div_(two_eta)
 
 
 class ModalityStats(nn.Module):
@@ -72,21 +76,77 @@ class ModalityStats(nn.Module):
 
 
 class Gate(nn.Module):
-    """Per sample and modality: label-free features -> small MLP shared by the modalities ->
-    sigmoid gate. The modality's identity enters as a learned bias of the first layer (the same
-    function as a one-hot input, without building one)."""
+    """Per sample and modality: label-free features and a one-hot of the modality -> a small MLP
+    shared by the modalities -> sigmoid gate g in (0, 1).
 
-    N_FEATURES = 5  # log GMR, log HMIR, confidence, normalised entropy, disagreement with the others
+    The weights are one flat parameter [W1 ((F + M) x H) | w2 (H) | b2]: the rows of W1 that meet
+    the one-hot are the modalities' own first-layer biases. One tensor means one optimiser update
+    instead of several, and the training step computes the gate's gradient in closed form
+    (`grad`; tests/test_dyncim.py checks it against autograd through `forward`)."""
+
+    N_FEATURES = 5  # confidence, normalised entropy, disagreement with the others; log GMR, log HMIR
 
     def __init__(self, n_modalities: int, hidden: int):
         super().__init__()
-        self.inp = nn.Linear(self.N_FEATURES, hidden)
-        self.modality = nn.Parameter(torch.empty(n_modalities, hidden).uniform_(-1, 1) / math.sqrt(self.N_FEATURES + n_modalities))
-        self.out = nn.Linear(hidden, 1)
+        F_, H, M = self.N_FEATURES, hidden, n_modalities
+        self.sizes = ((F_ + M) * H, H, 1)
+        self.shapes = ((F_ + M, H), (H,), (1,))
+        # nn.Linear's default initialisation, U(±1/sqrt(fan_in)), for weights and biases alike
+        self.flat = nn.Parameter(torch.cat([torch.empty((F_ + M) * H).uniform_(-1, 1) / math.sqrt(F_),
+                                            torch.empty(H + 1).uniform_(-1, 1) / math.sqrt(H)]))
+        self.register_buffer("onehot", torch.eye(M), persistent=False)
+        self._views = (None, None)
 
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:  # feats: M x B x N_FEATURES
-        h = torch.relu(self.inp(feats) + self.modality[:, None, :])
-        return torch.sigmoid(self.out(h).squeeze(-1)).t()      # B x M, in (0, 1)
+    def weights(self):
+        """W1, w2, b2: views of the flat parameter (with autograd when it is on)."""
+        return [t.view(shape) for t, shape in zip(self.flat.split(self.sizes), self.shapes)]
+
+    def cached_weights(self):
+        """The same views without autograd, made once: the optimiser updates the parameter in place,
+        so they stay current (remade if the parameter moves, e.g. to another device)."""
+        ptr = self.flat.data_ptr()
+        if self._views[0] != ptr:
+            with torch.no_grad():
+                self._views = (ptr, self.weights())
+        return self._views[1]
+
+    def forward(self, sample_feats: torch.Tensor, modality_feats: torch.Tensor, weights=None):
+        """sample_feats: M x B x 3 (per sample), modality_feats: M x 2 (per modality) -> gates g
+        (M x B), and the inputs x (MB x (5+M)) and hidden activations h (MB x H) `grad` needs."""
+        W1, w2, b2 = self.weights() if weights is None else weights
+        M, B, _ = sample_feats.shape
+        per_modality = torch.cat([modality_feats, self.onehot], 1)
+        x = torch.cat([sample_feats, per_modality[:, None, :].expand(M, B, -1)], -1).view(M * B, -1)
+        h = torch.mm(x, W1).relu_()
+        return torch.addmv(b2, h, w2).sigmoid_().view(M, B), x, h
+
+    @staticmethod
+    def grad(x, h, g, dg, w2):
+        """d loss / d flat from d loss / d g (M x B), with the forward's x, h, g and w2, as the
+        pieces of the flat parameter (`torch.cat` them)."""
+        dpre2 = torch.ops.aten.sigmoid_backward(dg.view(-1), g.view(-1))
+        dpre1 = torch.ops.aten.threshold_backward(torch.outer(dpre2, w2), h, 0)   # through the ReLU
+        return torch.mm(x.t(), dpre1).view(-1), torch.mv(h.t(), dpre2), dpre2.sum(0, keepdim=True)
+
+
+def observation_matrices(M: int, device):
+    """Constant matrices with which one matmul builds what the step needs from all the rows at once.
+    A (K x M, K = 2M+1) maps the logits z^1..z^M to K rows: [z^1..z^M, the mean of the other
+    modalities' logits for each m, p^f = Σ_m z^m]. R (K+2M x K) maps the K rows' probabilities to
+    themselves followed by the 2M mixtures (p+q)/2 of the two JS pairings: (row m, row M+m) for the
+    gate's disagreement and (row m, row 2M) for the SDC consistency. Q (2M x K+2M) maps the rows'
+    Σ p·log p to JS = ½Σp·log p + ½Σq·log q − Σm·log m for each pair."""
+    eye = torch.eye(M)
+    others = (torch.ones(M, M) - eye) / max(M - 1, 1)
+    A = torch.cat([eye, others, torch.ones(1, M)])
+    K = 2 * M + 1
+    pairs = torch.zeros(2 * M, K)
+    for m in range(M):
+        pairs[m, m] = pairs[m, M + m] = 0.5
+        pairs[M + m, m] = pairs[M + m, 2 * M] = 0.5
+    R = torch.cat([torch.eye(K), pairs])
+    Q = torch.cat([pairs, -torch.eye(2 * M)], 1)
+    return A.to(device), R.to(device), Q.to(device)
 
 
 class DynCIM(Method):
@@ -96,17 +156,29 @@ class DynCIM(Method):
         super().__init__(cfg, ctx)
         self.signal_on = [cfg["sdc_deviation"], cfg["sdc_consistency"], cfg["sdc_stability"]]
         self.signal_mask = torch.tensor(self.signal_on, dtype=torch.float32, device=ctx.device)
+        self.signal_eps = self.signal_mask * 1e-12
         if cfg["sdc"] and not any(self.signal_on):
             raise ValueError("dyncim: sdc is on but every SDC signal is off; turn sdc off instead")
         if ctx.n_modalities < 2:
             raise ValueError("dyncim: needs at least two modalities")
+        M, C, N, dev = ctx.n_modalities, ctx.n_classes, ctx.n_samples, ctx.device
+        self.use_sdc, self.use_gate = cfg["sdc"], cfg["gate"]
         self.use_gmr = cfg["mdc"] and cfg["gmr"]
         self.use_hmir = cfg["mdc"] and cfg["hmir"]
-        N, dev = ctx.n_samples, ctx.device
-        # SDC per-sample memory, indexed by the data set index: previous deviation, visits,
-        # history of the three signals (EMA, or their running mean for the Hadamard form), and
-        # for the Hadamard form D' at the previous visit
-        self.mem = torch.zeros(N, 5 if cfg["history"] == "ema" else 8, device=dev)
+        self.ema = cfg["history"] == "ema"
+        self.alpha, self.gamma, self.rho = cfg["alpha"], cfg["gamma"], cfg["rho"]
+        self.A, self.R, self.Q = observation_matrices(M, dev)
+        self.eye = torch.eye(C, device=dev)                          # one-hot labels by lookup
+        self.zero_m, self.uniform_m = torch.zeros(M, device=dev), torch.full((M,), 1 / M, device=dev)
+        self.beta_hmir = cfg["beta_from"] == "gmr_hmir"
+        # SDC per-sample memory, indexed by the data set index. EMA: previous deviation, the
+        # history's weight at the next visit (0 before the first visit, then γ) and the history
+        # of the 3 signals; Hadamard: previous deviation, visits, running mean of D', previous D'.
+        # The previous deviation starts as NaN (no visit yet): the first stability is then 0.
+        self.mem = torch.zeros(N, 5 if self.ema else 8, device=dev)
+        self.mem[:, 0] = float("nan")
+        self._consts = {}
+        self._grads = None
         self.loss_ema = torch.zeros(2, device=dev)       # fused, mean unimodal (adaptive α)
         self.epoch = 0
         self.win_steps = 0
@@ -117,11 +189,11 @@ class DynCIM(Method):
         M = self.ctx.n_modalities
         self._model = model  # the loss needs the gate and the modality statistics
         model.extra["mdc"] = ModalityStats(M, self.ctx.n_classes)
-        if self.cfg["gate"]:
+        if self.use_gate:
             model.extra["gate"] = Gate(M, self.cfg["gate_hidden"])
 
     def param_groups(self, model):
-        gate = set(id(p) for p in model.extra["gate"].parameters()) if self.cfg["gate"] else set()
+        gate = {id(p) for p in model.extra["gate"].parameters()} if self.use_gate else set()
         groups = [{"params": [p for p in model.parameters() if id(p) not in gate]}]
         if gate:
             # default init, own learning-rate multiplier and no weight decay (a zero-initialised or
@@ -135,18 +207,21 @@ class DynCIM(Method):
         self._trace = {}
 
     # --- modality level -----------------------------------------------------------------------
-    def _modality_terms(self, model):
-        st = model.extra["mdc"]
-        lg = log_gmr(st.strength) if self.use_gmr else torch.zeros_like(st.strength)
-        lh = st.log_hmir if self.use_hmir else torch.zeros_like(st.strength)
-        return st, lg, lh
+    def _modality_terms(self, st):
+        """log GMR, log HMIR (zeros where switched off) and β/M (the softmax; 1/M with GMR off)
+        from the MDC statistics module `st`."""
+        lh = st.log_hmir if self.use_hmir else self.zero_m
+        if not self.use_gmr:
+            return self.zero_m, lh, self.uniform_m
+        lg = log_gmr(st.strength)
+        return lg, lh, torch.softmax((lg + lh if self.beta_hmir else lg) * -self.rho, 0)
 
-    @torch.no_grad()
-    def _update_mdc(self, st, probs_true, uni_losses):
-        """EMA of each modality's true-class probability; windowed loss improvement rates."""
+    def _update_mdc(self, st, sum_probs_true, sum_losses, batch):
+        """EMA of each modality's true-class probability and windowed loss improvement rates,
+        from the batch sums of both."""
         mom = self.cfg["strength_momentum"]
-        st.strength.mul_(mom).add_((1 - mom) * probs_true)
-        st.win_sum.add_(uni_losses)
+        st.strength.mul_(mom).add_(sum_probs_true, alpha=(1 - mom) / batch)
+        st.win_sum.add_(sum_losses, alpha=1 / batch)
         self.win_steps += 1  # a Python counter: no device sync
         if self.win_steps >= self.cfg["hmir_window"]:
             mean = st.win_sum / self.win_steps
@@ -158,145 +233,223 @@ class DynCIM(Method):
             st.win_sum.zero_()
             self.win_steps = 0
 
+    # --- observations (no gradient) -----------------------------------------------------------
+    # The step works on "class-major" tensors (classes before samples: M x C x B), where the
+    # log-softmax over classes is a fast strided kernel and per-sample weights broadcast.
+    def observe(self, zc, C: int, B: int):
+        """From the logits in class-major layout zc (M x C·B): log-probabilities `lp` and
+        probabilities `prob` of the K = 2M+1 rows [z^m, mean of the others' logits for each m, p^f]
+        (K x C x B), Σp·log p per row (`plogp`, K x B), and the divergences
+        JS(σ(z^m) ‖ σ(others' mean)) (`dis`, the gate's input) and JS(σ(z^m) ‖ σ(p^f)) (`cons`,
+        consistency), each M x B. Three matmuls with the constant matrices of
+        `observation_matrices` and one log-softmax cover all of them."""
+        M, K = zc.shape[0], 2 * zc.shape[0] + 1
+        lp = torch.log_softmax(torch.mm(self.A, zc).view(K, C, B), 1)
+        prob = lp.exp()
+        both = torch.mm(self.R, prob.view(K, -1)).view(-1, C, B)             # the rows, then the mixtures
+        xlogx = both.clamp_min(1e-30).log_().mul_(both).sum(1)                # Σ x·log x, 0·log 0 = 0
+        js = torch.mm(self.Q, xlogx)
+        return lp, prob, xlogx[:K], js[:M], js[M:]
+
     # --- gate ---------------------------------------------------------------------------------
-    def gates(self, model, logp, z, lg, lh, p=None):
-        """Raw gates g (B x M) from label-free inputs; ones when the gate is off."""
-        B, M = z.shape[1], z.shape[0]
-        if not self.cfg["gate"]:
+    @staticmethod
+    def gate_features(prob, plogp, dis, lg, lh):
+        """The gate's label-free inputs: per sample and modality (M x B x 3) confidence, normalised
+        entropy and disagreement with the other modalities; per modality (M x 2) log GMR, log HMIR."""
+        M = dis.shape[0]
+        return (torch.stack([prob[:M].amax(1), plogp[:M] * (-1 / math.log(prob.shape[1])), dis], -1),
+                torch.stack([lg, lh], 1))
+
+    @torch.no_grad()
+    def gates(self, model, z, lg, lh):
+        """Raw gates g (B x M) from label-free inputs (inference and diagnostics); z: M x B x C."""
+        M, B, C = z.shape
+        if not self.use_gate:
             return torch.ones(B, M, device=z.device)
-        with torch.no_grad():  # the gate's inputs are observations, not paths for gradients
-            C = z.shape[-1]
-            logp = logp.detach()
-            p = logp.exp() if p is None else p
-            conf = p.amax(-1)                                            # M x B
-            ent = (p * logp).sum(-1) * (-1 / math.log(C))
-            others = (z.sum(0, keepdim=True) - z) * (1 / (M - 1))       # mean logits of the others
-            dis = js_divergence(logp, F.log_softmax(others.detach(), -1), p=p)
-            feats = torch.stack([lg[:, None].expand(M, B), lh[:, None].expand(M, B), conf, ent, dis], -1)
-        return model.extra["gate"](feats)                               # B x M
+        _, prob, plogp, dis, _ = self.observe(z.transpose(1, 2).reshape(M, -1), C, B)
+        return model.extra["gate"](*self.gate_features(prob, plogp, dis, lg, lh))[0].t()
 
     @staticmethod
     def fuse(z, g):
-        """ŷ = Σ_m ĝ^m z^m with ĝ = M·g / Σ_k g^k (normalised across modalities)."""
+        """ŷ = Σ_m ĝ^m z^m with ĝ = M·g / Σ_k g^k (normalised across modalities); g is B x M."""
         ghat = g * (g.shape[1] / g.sum(1, keepdim=True))
         return (ghat.t()[..., None] * z).sum(0)
 
     # --- sample level -------------------------------------------------------------------------
-    @torch.no_grad()
-    def signals(self, idx, pf, logp, p, y):
-        """Raw SDC signals (B x 3: deviation, consistency, stability) and the samples' memory rows."""
-        logpf = F.log_softmax(pf, -1)
-        d = -logpf.gather(1, y[:, None]).squeeze(1)                      # deviation: CE(p^f, y)
-        c = js_divergence(logp, logpf[None], p=p).mean(0)                 # consistency
-        row = self.mem[idx]
-        s = (d - row[:, 0]).abs() * (row[:, 1] > 0)                       # stability (0 on a first visit)
-        return torch.stack([d, c, s], 1), row
+    def _column(self, value: float, B: int):
+        """A B x 1 tensor filled with `value` (cached: the step needs one every batch)."""
+        c = self._consts.get(value)
+        if c is None or c.shape[0] < B:
+            c = self._consts[value] = torch.full((max(B, 256), 1), value, device=self.mem.device)
+        return c[:B]
 
-    @torch.no_grad()
-    def _difficulty(self, idx, pf, logp, p, y):
-        """D_Task (batch mean 1) from the three signals, with per-sample history.
+    def signals(self, idx, dev, cons):
+        """Raw SDC signals (B x 3: deviation, consistency, stability) and the samples' memory rows.
+        dev: the deviation CE(p^f, y) (B); cons: JS(σ(z^m) ‖ σ(p^f)) (M x B). The consistency is
+        the sum over modalities, not the mean: the batch standardisation that follows removes the
+        factor 1/M."""
+        row = self.mem.index_select(0, idx)
+        s = (dev - row[:, 0]).abs_().nan_to_num_(0.0)                     # stability, 0 on a first visit
+        return torch.stack([dev, cons.sum(0), s], 1), row
 
-        One gather and one scatter of the per-sample memory row (columns: previous deviation,
-        visits, history of the 3 signals, and for the Hadamard form the previous D')."""
-        raw, row = self.signals(idx, pf, logp, p, y)
-        d, seen = raw[:, 0], (row[:, 1] > 0).float()
-        sd, mu = torch.std_mean(raw, 0, unbiased=False)
-        proj = torch.sigmoid((raw - mu) / (sd + 1e-6))                    # D' in (0, 1)
-        hist = row[:, 2:5]
-        if self.cfg["history"] == "ema":   # e ← γ·e + (1−γ)·D' (e = D' on the first visit)
-            e = torch.lerp(proj, hist, self.cfg["gamma"] * seen[:, None])
-            new = torch.cat([d[:, None], row[:, 1:2] + 1, e], 1)
+    def _difficulty(self, idx, dev, cons):
+        """D_Task (batch mean 1) from the three signals, with per-sample history: one gather and
+        one scatter of the samples' memory rows."""
+        raw, row = self.signals(idx, dev, cons)
+        # D' in (0, 1): each signal standardised over the batch, then the sigmoid
+        sd0, mu0 = torch.std_mean(raw, 0, unbiased=False)
+        proj = (raw - mu0).div_(sd0.add_(1e-6)).sigmoid_()
+        if self.ema:   # e ← γ·e + (1−γ)·D' (e = D' on the first visit: the weight is 0 then)
+            e = torch.lerp(proj, row[:, 2:5], row[:, 1:2])
+            new = torch.cat([dev[:, None], self._column(self.gamma, len(idx)), e], 1)
         else:  # hadamard: (mean of D' at t and t−1) ⊙ (mean of D' over the earlier visits)
             n = row[:, 1:2]
-            prev = torch.lerp(proj, row[:, 5:8], seen[:, None])
-            past = torch.lerp(proj, hist, seen[:, None])
+            seen = n.clamp(max=1)
+            prev = torch.lerp(proj, row[:, 5:8], seen)
+            past = torch.lerp(proj, row[:, 2:5], seen)
             e = 0.5 * (proj + prev) * past
-            new = torch.cat([d[:, None], n + 1, (past * n + proj) / (n + 1), proj], 1)
-        self.mem[idx] = new
-        # ω_j ∝ batch std of e^j over the signals that are on (uniform when none varies)
-        w = (e.std(0, unbiased=False) + 1e-12) * self.signal_mask
-        D = e @ (w / w.sum())
-        return D / D.mean().clamp_min(EPS)
+            new = torch.cat([dev[:, None], n + 1, (past * n + proj) / (n + 1), proj], 1)
+        self.mem.index_copy_(0, idx, new)
+        # ω_j ∝ batch std of e^j over the signals that are on; D = e·ω / Σω, and D / mean(D)
+        # = (e·ω) / (mean(e)·ω), so ω needs no normalisation (the tiny term: no signal varies)
+        sd, mu = torch.std_mean(e, 0, unbiased=False)
+        w = torch.addcmul(self.signal_eps, sd, self.signal_mask)
+        return torch.mv(e, w).div_(torch.dot(mu, w))
 
     def _pace(self) -> float | None:
         """λ(t): linear from pace_start to 1 over pace_epochs; None once the pace is over (v = 1)."""
-        if not (self.cfg["sdc"] and self.cfg["self_paced"]) or self.epoch >= self.cfg["pace_epochs"]:
+        if not (self.use_sdc and self.cfg["self_paced"]) or self.epoch >= self.cfg["pace_epochs"]:
             return None
         lam0 = self.cfg["pace_start"]
         return lam0 + (1 - lam0) * self.epoch / self.cfg["pace_epochs"]
 
     # --- the loss -----------------------------------------------------------------------------
+    def forward(self, model, xs, idx):
+        """The encoders and the modalities' heads; the loss builds its own fusions (no plain sum)."""
+        feats = model.encode(xs)
+        return Output(feats, [head(h) for head, h in zip(model.fusion.heads, feats)], None)
+
     def loss(self, out, y, idx):
-        model = self._model
-        z = torch.stack(out.logits)                                   # M x B x C
-        M, B = z.shape[0], z.shape[1]
-        st, lg, lh = self._modality_terms(model)
-        # one fused cross-entropy node for the M unimodal losses (a cheaper graph than
-        # log-softmax + gather); the curricula's probabilities are computed without gradient
-        uni = F.cross_entropy(z.view(M * B, -1), y.repeat(M), reduction="none").view(M, B)
-        l_uni = uni.mean(1)                                                     # M
-        with torch.no_grad():
-            logp = F.log_softmax(z, -1)
-            p = logp.exp()
-            self._update_mdc(st, (-uni).exp().mean(1), l_uni)   # true-class probability = exp(−CE)
-        g = self.gates(model, logp, z, lg, lh, p=p)
-        yhat = self.fuse(z, g)
-        ell = F.cross_entropy(yhat, y, reduction="none")
-        d_fuse = g.mean(1).detach()
-        if self.cfg["sdc"]:
-            d_task = self._difficulty(idx, out.fused.detach(), logp, p, y)
-        else:
-            d_task = torch.ones_like(ell)
-        w = d_task * d_fuse
+        """total = α·(1/B)Σ_i v_i·D_Task,i·D_Fuse,i·CE(ŷ_i, y_i) + (1−α)·Σ_m β_m·mean_i CE(z_i^m, y_i)
+        (docs/method.md). Gradients flow to the logits z and, through ĝ in ŷ, to the gate; v, D_Task,
+        D_Fuse, α and β are weights without gradient.
+
+        The loss and its gradients with respect to the logits and the gate's parameter are computed
+        together, in closed form and in inference mode (`_objective`); `backward` hands them to
+        autograd. On a CPU with small encoders a step's cost is per-op overhead, and the loss, the
+        gate and their autograd backward were ~250 small ops. tests/test_dyncim.py checks value and
+        gradients against a plain-autograd transcription of the same formulas."""
+        with torch.inference_mode():
+            value, yhat, self._grads = self._objective(out.logits, y, idx)
+        return value, yhat
+
+    def backward(self, loss, model, out, y):
+        grad_z, grad_gate = self._grads
+        self._grads = None
+        torch.autograd.backward(out.logits, list(grad_z.unbind(0)))
+        if grad_gate is not None:
+            flat = model.extra["gate"].flat
+            grad = torch.cat(grad_gate)         # outside inference mode: a normal tensor
+            if flat.grad is None:
+                flat.grad = grad
+            else:
+                flat.grad.add_(grad)
+
+    def _objective(self, logits, y, idx):
+        """The loss, the fused prediction (B x C) and the loss's gradients with respect to the
+        logits (M x B x C) and the gate's flat parameter, in closed form (run in inference mode)."""
+        M, (B, C) = len(logits), logits[0].shape
+        st = self._model.extra["mdc"]
+        lg, lh, share = self._modality_terms(st)                          # share = β / M
+        Y = self.eye.index_select(1, y)                                   # one-hot labels, C x B
+        zc = torch.stack([z.t() for z in logits])                         # class-major, M x C x B
+        lp, prob, plogp, dis, cons = self.observe(zc.view(M, -1), C, B)
+        nll = (lp * Y).sum(1).neg_()                                      # −log σ(row)_y, (2M+1) x B
+        nll_sum = nll[:M].sum(1)                                          # B·L_m
+        g = d_task = v = None
+        if self.use_gate:
+            gate = self._model.extra["gate"]
+            W1, w2, b2 = gate.cached_weights()
+            g, x, h = gate(*self.gate_features(prob, plogp, dis, lg, lh), (W1, w2, b2))   # M x B
+            d_fuse = g.sum(0).mul_(1 / M)                                 # D_Fuse = mean_m g
+            ghat = (g / d_fuse)[:, None, :]                               # normalised: Σ_m ĝ = M
+            yhat = (ghat * zc).sum(0)                                     # C x B
+            lq = torch.log_softmax(yhat, 0)
+            ell = (lq * Y).sum(0).neg_()                                  # CE(ŷ_i, y_i)
+            w = d_fuse
+        else:                                                             # ŷ = p^f: its row is there
+            yhat, lq, ell, w = None, lp[2 * M], nll[2 * M], None
+        if self.use_sdc:
+            d_task = self._difficulty(idx, nll[2 * M], cons)              # deviation: CE(p^f, y)
+            w = d_task if w is None else w * d_task
         lam = self._pace()
-        v = self_paced_weights((w * ell).detach(), lam) if lam is not None else torch.ones_like(ell)
-        l_fused = (v * w * ell).mean()
-        beta = self.betas(lg, lh)
-        alpha = self._alpha(l_fused.detach(), l_uni.detach().mean())
-        total = alpha * l_fused + (1 - alpha) * (beta * l_uni).sum()
-        self._record(g, d_task, v, beta, lg, lh, alpha, idx)
-        return total, yhat
+        if lam is not None:
+            v = self_paced_weights(w * ell, lam)
+            w = w * v                                                     # the fused loss's per-sample weight
+        alpha = self._alpha(w, ell, nll_sum)
+        cf = w * (alpha / B) if w is not None else alpha / B              # d total / d ell_i
+        bu = share * (M * (1 - alpha) / B)                                # d total / d nll_sum_m = (1−α)·β_m / B
+        fused_term = torch.dot(cf, ell) if w is not None else ell.sum() * cf
+        # gradients (class-major): d total / d ŷ_i = cf_i·(σ(ŷ_i) − y_i); d total / d z^m_i adds
+        # (1−α)·β_m/B·(σ(z^m_i) − y_i), and through ĝ, d/dĝ^m_i = <d/dŷ_i, z^m_i>, then the normalisation
+        dy = lq.exp().sub_(Y).mul_(cf)                                    # C x B
+        probm = prob[:M]
+        gz = (probm - Y).mul_(bu.view(M, 1, 1))
+        grad_gate = None
+        if g is not None:
+            gz.addcmul_(ghat, dy)
+            dghat = (zc * dy).sum(1)                                      # M x B
+            dg = torch.sub(dghat, (dghat * ghat[:, 0]).sum(0), alpha=1 / M).div_(d_fuse)
+            grad_gate = gate.grad(x, h, g, dg, w2)
+        else:
+            gz.add_(dy)
+        self._update_mdc(st, (probm * Y).sum((1, 2)), nll_sum, B)   # after use: the step saw the earlier statistics
+        self._record(g, d_task, v, share, lg, lh, alpha, idx)
+        value = torch.add(fused_term, torch.dot(bu, nll_sum))
+        return value, (yhat if yhat is not None else lq).t(), (gz.transpose(1, 2), grad_gate)
 
     def betas(self, lg, lh):
         """β_m = M·softmax_m(−ρ·log GMR_m) (or of log GMR + log HMIR): lagging modalities get more."""
         M = lg.shape[0]
         if not self.use_gmr:
             return torch.ones_like(lg)
-        score = lg + lh if self.cfg["beta_from"] == "gmr_hmir" else lg
-        return M * torch.softmax(-self.cfg["rho"] * score, 0)
+        return M * torch.softmax((lg + lh if self.beta_hmir else lg) * -self.rho, 0)
 
-    def _alpha(self, l_fused, l_uni_mean):
+    def _alpha(self, w, ell, nll_sum):
+        """α: the constant, or (adaptive_alpha) L̄_fused / (L̄_fused + mean_m L̄_m) from running means."""
         if not self.cfg["adaptive_alpha"]:
-            return self.cfg["alpha"]
-        self.loss_ema.mul_(0.9).add_(0.1 * torch.stack([l_fused, l_uni_mean]))
-        return (self.loss_ema[0] / self.loss_ema.sum().clamp_min(EPS)).detach()
+            return self.alpha
+        l_fused = (w @ ell if w is not None else ell.sum()) / ell.shape[0]
+        self.loss_ema.mul_(0.9).add_(0.1 * torch.stack([l_fused, nll_sum.mean() / ell.shape[0]]))
+        return self.loss_ema[0] / self.loss_ema.sum().clamp_min(EPS)
 
     def predict(self, model, out):
         z = torch.stack(out.logits)
-        _, lg, lh = self._modality_terms(model)
-        return self.fuse(z, self.gates(model, F.log_softmax(z, -1), z, lg, lh))
+        lg, lh, _ = self._modality_terms(model.extra["mdc"])
+        return self.fuse(z, self.gates(model, z, lg, lh))
 
     # --- diagnostics --------------------------------------------------------------------------
-    @torch.no_grad()
     def _record(self, g, d_task, v, beta, lg, lh, alpha, idx):
+        """Keep the step's curriculum tensors (no copies, no host sync) for the epoch's log; None
+        where a switch is off (g: M x B)."""
         t = self._trace
-        t.setdefault("gate", []).append(g.detach())
-        t.setdefault("d_task", []).append(d_task.detach())
-        t.setdefault("v", []).append(v.detach())
-        t.setdefault("idx", []).append(idx)
-        t["beta"], t["log_gmr"], t["log_hmir"] = beta.detach(), lg.detach(), lh.detach()
-        t["alpha"] = alpha
+        for key, value in (("gate", g), ("d_task", d_task), ("v", v), ("idx", idx)):
+            t.setdefault(key, []).append(value)
+        t["beta"], t["log_gmr"], t["log_hmir"], t["alpha"] = beta, lg, lh, alpha   # beta: β / M
 
     def log(self, writer, epoch, trainer):
         t = self._trace
         if not t:
             return
         names = self.ctx.names
-        gate, d_task, v = (torch.cat(t[k]).float().cpu() for k in ("gate", "d_task", "v"))
+        n, M = sum(len(i) for i in t["idx"]), len(names)
+        # None where the switch is off: the value that switch means (g = 1, D_Task = 1, v = 1)
+        gate = (torch.cat(t["gate"], 1).t() if t["gate"][0] is not None else torch.ones(n, M)).float().cpu()
+        d_task, v = (torch.cat(t[k]).float().cpu() if t[k][0] is not None else torch.ones(n) for k in ("d_task", "v"))
         for m, name in enumerate(names):
             writer.add_scalar(f"dyncim/gmr/{name}", float(t["log_gmr"][m].exp()), epoch)
             writer.add_scalar(f"dyncim/hmir/{name}", float(t["log_hmir"][m].exp()), epoch)
-            writer.add_scalar(f"dyncim/beta/{name}", float(t["beta"][m]), epoch)
+            writer.add_scalar(f"dyncim/beta/{name}", float(t["beta"][m]) * M, epoch)
             writer.add_scalar(f"dyncim/gate_mean/{name}", float(gate[:, m].mean()), epoch)
         writer.add_scalar("dyncim/alpha", float(t["alpha"]), epoch)
         writer.add_scalar("dyncim/pace_admitted", float((v > 0).float().mean()), epoch)
@@ -313,9 +466,9 @@ class DynCIM(Method):
         """Test-split figures for the report: GMR, HMIR, β, mean gates (by corruption if known)."""
         out = model([v[index] for v in data.views])
         z = torch.stack(out.logits)
-        _, lg, lh = self._modality_terms(model)
-        g = self.gates(model, F.log_softmax(z, -1), z, lg, lh).cpu()
+        lg, lh, _ = self._modality_terms(model.extra["mdc"])
         beta = self.betas(lg, lh)
+        g = self.gates(model, z, lg, lh).cpu()
         res = {}
         for m, name in enumerate(data.names):
             res[f"gmr_{name}"] = float(log_gmr(model.extra["mdc"].strength)[m].exp())
