@@ -9,12 +9,12 @@ from torch.nn import functional as F
 from dyncim import config as C
 from dyncim.evaluate import load_run
 from dyncim.methods.base import Context
-from dyncim.methods.dyncim import DynCIM, js_divergence, log_gmr, log_hmir, self_paced_weights
+from dyncim.methods.dyncim import DynCIM, log_gmr, log_hmir, self_paced_weights
 from dyncim.models import build_model
 from dyncim.models.multimodal import Output
 from dyncim.train.job import train_seed
 from dyncim.train.loop import Trainer
-from tests.conftest import TRAIN_CFG, tiny_features
+from tests.conftest import TRAIN_CFG, RecordingWriter, tiny_features
 
 DEFAULTS = {"type": "dyncim", **C._fill_defaults(C.load_schema()["$defs"]["method_dyncim"], {})}
 ALL_OFF = {**DEFAULTS, "sdc": False, "mdc": False, "gate": False}
@@ -54,6 +54,13 @@ def test_every_switch_off_is_sum_fusion_with_unimodal_losses_step_by_step(tmp_pa
         for k in pa:
             assert torch.allclose(pa[k].grad, pb[k].grad, rtol=1e-5, atol=1e-7), (step, k)
         a.optimizer.step(), b.optimizer.step()
+
+
+def js_divergence(logp, logq):
+    """The textbook definition: ½·KL(p ‖ m) + ½·KL(q ‖ m), m = (p + q) / 2 (last dimension)."""
+    p, q = logp.exp(), logq.exp()
+    logm = ((p + q) / 2).log()
+    return 0.5 * (p * (logp - logm)).sum(-1) + 0.5 * (q * (logq - logm)).sum(-1)
 
 
 def reference_loss(m, model, logits, y, idx, alpha):
@@ -103,6 +110,7 @@ def reference_loss(m, model, logits, y, idx, alpha):
     ({"self_paced": False, "hmir": False}, ("a", "b")),
     ({"mdc": False, "history": "hadamard"}, ("a", "b")),
     ({"beta_from": "gmr_hmir", "adaptive_alpha": True, "rho": 2.0}, ("a", "b", "c")),
+    ({"pace_epochs": 2}, ("a", "b")),            # steps 2 and 3 come after the pace (v = 1)
 ])
 def test_closed_form_loss_and_gradients_match_autograd(cfg, names):
     """The step's loss and gradients (computed together in closed form) equal autograd's on the
@@ -154,9 +162,12 @@ def test_d_task_has_batch_mean_one_and_v_and_gates_are_bounded():
         assert d_task.mean().item() == pytest.approx(1.0, abs=1e-5) and (d_task > 0).all()
         assert (v >= 0).all() and (v <= 1).all() and (v == 0).any() and (v > 0).float().mean() >= 0.5
         assert g.shape == (2, 32) and (g > 0).all() and (g < 1).all()
-    m.epoch = m.cfg["pace_epochs"]  # pace over: every sample admitted with weight 1 (recorded as None)
+    m.on_epoch_start(m.cfg["pace_epochs"], None)  # pace over: every sample admitted with weight 1
     m.loss(model(xs), y, idx)
-    assert m._trace["v"][-1] is None
+    writer = RecordingWriter()
+    m.log(writer, m.epoch, None)
+    assert writer.scalars["dyncim/pace_admitted"] == 1.0
+    assert torch.equal(writer.scalars["dyncim/v"], torch.ones(32))
 
 
 def test_self_paced_weights_minimise_the_printed_objective():
@@ -198,12 +209,24 @@ def test_hmir_is_relative_to_the_harmonic_mean_and_bounded():
     assert torch.allclose(log_hmir(r, 1e-3, 2.0), torch.tensor([2.0, math.log(1e-3 / hm)]), atol=1e-5)
 
 
-def test_js_divergence_matches_the_definition():
-    p, q = torch.tensor([0.7, 0.2, 0.1]), torch.tensor([0.1, 0.3, 0.6])
-    m = (p + q) / 2
-    want = 0.5 * (p * (p / m).log()).sum() + 0.5 * (q * (q / m).log()).sum()
+def test_observed_divergences_match_the_definition():
+    """observe's matrix form of both JS families equals the definition, pair by pair."""
+    m, _ = method(names=("a", "b", "c"), n_classes=4)
+    torch.manual_seed(2)
+    z = torch.randn(3, 6, 4) * 2
+    z[2] = z[1]                                   # two identical modalities
+    lp, prob, plogp, dis, cons = m.observe(z.transpose(1, 2).reshape(3, -1), 4, 6)
+    logp = F.log_softmax(z, -1)
+    for k in range(3):
+        others = (z.sum(0) - z[k]) / 2
+        torch.testing.assert_close(dis[k], js_divergence(logp[k], F.log_softmax(others, -1)), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(cons[k], js_divergence(logp[k], F.log_softmax(z.sum(0), -1)), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(plogp[:3], (logp.exp() * logp).sum(-1), atol=1e-6, rtol=1e-5)
+    assert (dis >= -1e-6).all() and (cons >= -1e-6).all() and (dis[0] > 0.01).all()
+    p, q = torch.tensor([0.7, 0.2, 0.1]), torch.tensor([0.1, 0.3, 0.6])   # the definition itself
+    mid = (p + q) / 2
+    want = 0.5 * (p * (p / mid).log()).sum() + 0.5 * (q * (q / mid).log()).sum()
     assert js_divergence(p.log(), q.log()).item() == pytest.approx(want.item(), rel=1e-5)
-    assert js_divergence(p.log(), p.log()).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_stability_uses_each_samples_own_previous_deviation_under_shuffling():
@@ -212,7 +235,6 @@ def test_stability_uses_each_samples_own_previous_deviation_under_shuffling():
     y = torch.randint(0, 4, (10,))
     ids1, ids2 = torch.randperm(10), torch.randperm(10)
     logits1, logits2 = torch.randn(10, 4), torch.randn(10, 4)  # fused logits, indexed by sample id
-    z = torch.randn(2, 10, 4)
 
     cons = torch.rand(2, 10)
 

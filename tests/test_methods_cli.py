@@ -21,6 +21,15 @@ def test_every_method_type_has_an_instance_in_params():
     assert set(ONE_PER_TYPE) == set(CATALOG)
 
 
+@pytest.mark.parametrize("type_name", ["agm", "dyncim", "ogm-ge", "pmr"])
+def test_methods_that_balance_modalities_refuse_a_single_modality(type_name):
+    from dyncim.methods import build
+    from dyncim.methods.base import Context
+    cfg = PARAMS["methods"][ONE_PER_TYPE[type_name]]
+    with pytest.raises(ValueError, match=f"^{type_name}: needs at least 2 modalities, the data set has 1"):
+        build(cfg, Context(["a"], 3, 10, 2, 1, torch.device("cpu")))
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")

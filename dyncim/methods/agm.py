@@ -92,11 +92,11 @@ def agm_coefficients(scores: torch.Tensor, running: torch.Tensor, alpha: float, 
 
 
 class AGM(Method):
+    min_modalities = 2
+
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
         self.fusion = cfg.get("fusion", "concat")
-        if ctx.n_modalities < 2:
-            raise ValueError("agm: needs at least two modalities")
         n = ctx.n_modalities
         self.epoch = 1
         self.running = torch.zeros(n, device=ctx.device)   # sbar_i, averaged over all steps so far

@@ -38,9 +38,13 @@ class Context:
 
 class Method:
     fusion = "concat"         # the model's fusion module: "concat" or "sum"
+    min_modalities = 1        # methods that balance modalities against each other need 2
 
     def __init__(self, cfg: dict, ctx: Context):
         self.cfg, self.ctx = cfg, ctx
+        if ctx.n_modalities < self.min_modalities:
+            raise ValueError(f"{cfg.get('type', type(self).__name__)}: needs at least "
+                             f"{self.min_modalities} modalities, the data set has {ctx.n_modalities}")
 
     # --- set-up -------------------------------------------------------------------------------
     @classmethod

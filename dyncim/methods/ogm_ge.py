@@ -53,11 +53,11 @@ def ogm_coefficients(scores: torch.Tensor, alpha: float) -> tuple[torch.Tensor, 
 
 
 class OGMGE(Method):
+    min_modalities = 2
+
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
         self.fusion = cfg.get("fusion", "concat")
-        if ctx.n_modalities < 2:
-            raise ValueError("ogm-ge: needs at least two modalities")
         self.epoch = 0
         self._coef_sum = torch.zeros(ctx.n_modalities, device=ctx.device)
         self._ratio_sum = torch.zeros(ctx.n_modalities, device=ctx.device)

@@ -71,11 +71,11 @@ def pmr_coefficients(scores: torch.Tensor, alpha: float, rule: str = "clip"):
 
 
 class PMR(Method):
+    min_modalities = 2
+
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
         self.fusion = cfg.get("fusion", "concat")
-        if ctx.n_modalities < 2:
-            raise ValueError("pmr: needs at least two modalities")
         self.epoch = 0
         self.protos: list[torch.Tensor] | None = None
         n = ctx.n_modalities
