@@ -17,11 +17,9 @@ from torchmetrics.functional.classification import multiclass_accuracy, multicla
 from .atomic import write_json
 from .data import features
 from .data.synthetic import CORRUPTION_CODES
-from .methods import build as build_method
-from .methods.base import Context
-from .models import build_model
 from .models.multimodal import input_shape
-from .train.loop import evaluate_split
+from .train.assemble import assemble
+from .train.inference import evaluate_split
 
 PROBE_RIDGE = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # L2 strength per training sample
 
@@ -65,17 +63,12 @@ def load_run(path: Path, feats: features.FeatureSet, device):
         if dims != [d if isinstance(d, int) else tuple(d) for d in part["in_dims"]] or sub.names != part["names"]:
             raise ValueError(f"{path}: trained on modalities {part['names']} with input sizes {part['in_dims']}, "
                              f"but the feature file has {sub.names} with {dims}; retrain or use its feature file")
-        ctx = Context(names=sub.names, n_classes=ck["n_classes"], n_samples=len(feats.labels),
-                      epochs=ck["train_cfg"]["epochs"], steps_per_epoch=1, device=device,
-                      corrupted=sub.corrupted)
-        method = build_method(ck["method_cfg"], ctx)
-        model = build_model(part["in_dims"], ck["n_classes"], part["fusion"], ck["train_cfg"])
-        method.setup(model)
+        method, model = assemble(sub, ck["method_cfg"], ck["train_cfg"], device)
         try:
             model.load_state_dict(part["state"])
         except RuntimeError as e:
             raise ValueError(f"{path}: checkpoint does not fit the model configuration: {e}") from None
-        built.append((part, sub, method, model.to(device).eval()))
+        built.append((part, sub, method, model.eval()))
     return ck, built
 
 
@@ -87,7 +80,8 @@ def evaluate_run(path: Path, feats: features.FeatureSet, device="cpu") -> dict:
     res = {"data": ck["data"], "method": ck["method"], "seed": ck["seed"], "names": list(feats.names),
            "modalities": {}}
     for part, sub, method, model in built:
-        out = {s: evaluate_split(model, method, sub, idx[s], 1024) for s in idx}
+        bs = ck["train_cfg"]["eval_batch_size"]
+        out = {s: evaluate_split(model, method, sub, idx[s], bs) for s in idx}
         fused, parts, _ = out["test"]
         if len(built) == 1:
             res["acc"] = _acc(fused, y["test"], C_)

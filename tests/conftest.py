@@ -2,6 +2,7 @@ import os
 import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,11 @@ from dyncim.data.features import FeatureSet
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+
+def at_epoch(epoch: int, **fields):
+    """A stand-in for the RunView the loop hands to epoch hooks (only the fields a test needs)."""
+    return SimpleNamespace(epoch=epoch, **fields)
 
 
 class RecordingWriter:

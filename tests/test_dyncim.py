@@ -14,7 +14,7 @@ from dyncim.models import build_model
 from dyncim.models.multimodal import Output
 from dyncim.train.job import train_seed
 from dyncim.train.loop import Trainer
-from tests.conftest import TRAIN_CFG, RecordingWriter, tiny_features
+from tests.conftest import TRAIN_CFG, RecordingWriter, at_epoch, tiny_features
 
 DEFAULTS = {"type": "dyncim", **C._fill_defaults(C.load_schema()["$defs"]["method_dyncim"], {})}
 ALL_OFF = {**DEFAULTS, "sdc": False, "mdc": False, "gate": False}
@@ -45,12 +45,11 @@ def test_every_switch_off_is_sum_fusion_with_unimodal_losses_step_by_step(tmp_pa
         batch = idx[step * 16:(step + 1) * 16]
         xs, y = [v[batch] for v in feats.views], feats.labels[batch]
         oa, ob = a.method.forward(a.model, xs, batch), b.method.forward(b.model, xs, batch)
-        la, _ = a.method.loss(oa, y, batch)
-        lb, _ = b.method.loss(ob, y, batch)
-        assert torch.allclose(la, lb, rtol=1e-6, atol=1e-7), (step, la, lb)
+        ra, rb = a.method.loss(a.model, oa, y, batch), b.method.loss(b.model, ob, y, batch)
+        assert torch.allclose(ra.loss, rb.loss, rtol=1e-6, atol=1e-7), (step, ra.loss, rb.loss)
         for t in (a, b):
             t.optimizer.zero_grad()
-        a.method.backward(la, a.model, oa, y), b.method.backward(lb, b.model, ob, y)
+        a.method.backward(a.model, ra), b.method.backward(b.model, rb)
         for k in pa:
             assert torch.allclose(pa[k].grad, pb[k].grad, rtol=1e-5, atol=1e-7), (step, k)
         a.optimizer.step(), b.optimizer.step()
@@ -127,11 +126,12 @@ def test_closed_form_loss_and_gradients_match_autograd(cfg, names):
         y = torch.randint(0, 5, (24,))
         logits = [(torch.randn(24, 5) * 2).requires_grad_() for _ in names]
         state = (m.mem.clone(), {k: b.clone() for k, b in st.named_buffers()}, m.loss_ema.clone(), m.win_steps)
-        value, _ = m.loss(Output(None, logits, None), y, idx)
+        res = m.loss(model, Output(None, logits, None), y, idx)
+        value = res.loss
         flat = model.extra["gate"].flat if m.use_gate else None
         if flat is not None:
             flat.grad = None
-        m.backward(value, model, Output(None, logits, None), y)
+        m.backward(model, res)
         alpha = float(m._trace["alpha"])
         after = m.mem.clone(), {k: b.clone() for k, b in st.named_buffers()}
         m.mem.copy_(state[0])  # the reference reads the state before the step
@@ -157,15 +157,15 @@ def test_d_task_has_batch_mean_one_and_v_and_gates_are_bounded():
         xs = [torch.randn(32, 3), torch.randn(32, 3)]
         y = torch.randint(0, 4, (32,))
         out = model(xs)
-        loss, yhat = m.loss(out, y, idx)
+        m.loss(model, out, y, idx)
         d_task, v, g = m._trace["d_task"][-1], m._trace["v"][-1], m._trace["gate"][-1]
         assert d_task.mean().item() == pytest.approx(1.0, abs=1e-5) and (d_task > 0).all()
         assert (v >= 0).all() and (v <= 1).all() and (v == 0).any() and (v > 0).float().mean() >= 0.5
         assert g.shape == (2, 32) and (g > 0).all() and (g < 1).all()
-    m.on_epoch_start(m.cfg["pace_epochs"], None)  # pace over: every sample admitted with weight 1
-    m.loss(model(xs), y, idx)
+    m.begin_epoch(at_epoch(m.cfg["pace_epochs"]))  # pace over: every sample admitted with weight 1
+    m.loss(model, model(xs), y, idx)
     writer = RecordingWriter()
-    m.log(writer, m.epoch, None)
+    m.log(writer, m.epoch + 1)
     assert writer.scalars["dyncim/pace_admitted"] == 1.0
     assert torch.equal(writer.scalars["dyncim/v"], torch.ones(32))
 

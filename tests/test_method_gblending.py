@@ -58,7 +58,8 @@ def test_loss_is_the_weighted_sum_of_unimodal_and_fused_cross_entropies(n_mod):
     xs = [torch.randn(20, d, generator=g) for d in dims]
     y = torch.randint(0, 3, (20,), generator=g)
     out = method.forward(model, xs, None)
-    loss, logits = method.loss(out, y, None)
+    res = method.loss(model, out, y, None)
+    loss, logits = res.loss, res.logits
     with torch.no_grad():
         feats = [e(x) for e, x in zip(model.encoders, xs)]
         ces = [F.cross_entropy(h(f), y) for h, f in zip(model.extra["gb_heads"], feats)]
@@ -94,7 +95,7 @@ def test_probe_training_runs_and_reweights(n_mod, tmp_path, monkeypatch):
     before = copy.deepcopy(tr.model.state_dict())
     probes = []
     orig = tr.method._probe
-    monkeypatch.setattr(tr.method, "_probe", lambda t: probes.append(t.epoch) or orig(t))
+    monkeypatch.setattr(tr.method, "_probe", lambda run: probes.append(run.epoch) or orig(run))
     tr.fit()
     assert probes == [0, 2]                          # every super_epoch = 2 epochs, from the start
     w = tr.method.weights
@@ -123,6 +124,6 @@ def test_trajectory_estimate_uses_train_and_validation_losses(tmp_path, monkeypa
             expect = [float(F.cross_entropy(z, data.labels[idx])) for z in logits]
             assert stored.tolist() == pytest.approx(expect, rel=1e-5)
     state = m.state_dict()
-    fresh = GBlending({**PARAMS, "estimate": "trajectory"}, tr.ctx)
+    fresh = GBlending({**PARAMS, "estimate": "trajectory"}, tr.method.ctx)
     fresh.load_state_dict(state)
     assert torch.equal(fresh.weights, m.weights) and torch.equal(fresh.ref[1], m.ref[1])

@@ -59,9 +59,10 @@ def test_step_schedule_alternates_one_modality_per_step(n_mod):
     for step in range(2 * n_mod + 1):
         xs, y = batch(n_mod, seed=step)
         out = method.forward(model, xs, None)
-        loss, logits = method.loss(out, y, None)
+        res = method.loss(model, out, y, None)
+        loss, logits = res.loss, res.logits
         opt.zero_grad(set_to_none=True)
-        method.backward(loss, model, out, y)
+        method.backward(model, res)
         with_grad = [m for m, e in enumerate(model.encoders) if e.net[0].weight.grad is not None]
         assert model.extra["mla_head"].weight.grad is not None
         # only this step's modality ran and got gradients; the loss is its unimodal cross-entropy
@@ -89,9 +90,9 @@ def test_batch_schedule_updates_every_modality_in_turn(n_mod, monkeypatch):
     start = copy.deepcopy(model.state_dict())
     xs, y = batch(n_mod)
     out = method.forward(model, xs, None)
-    loss, _ = method.loss(out, y, None)
+    res = method.loss(model, out, y, None)
     opt.zero_grad(set_to_none=True)
-    method.backward(loss, model, out, y)
+    method.backward(model, res)
     opt.step()                                     # the loop's step: the last modality
     assert order == list(range(n_mod))
     assert steps == [[m] for m in range(n_mod)]    # one optimiser step per modality, alone
@@ -171,10 +172,10 @@ def test_training_runs_and_changes_the_model(n_mod, alternate, tmp_path, monkeyp
     after = tr.model.state_dict()
     for key in [f"encoders.{m}.net.0.weight" for m in range(n_mod)] + ["extra.mla_head.weight"]:
         assert not torch.equal(before[key], after[key]), key
-    steps = tr.ctx.steps_per_epoch * 3
+    steps = tr.method.ctx.steps_per_epoch * 3
     assert tr.method.updates == (steps * n_mod if alternate == "batch" else steps)
     assert torch.isfinite(tr.method.P).all()
     # resume state restores the projector and the update count
-    fresh = MLA({**PARAMS, "alternate": alternate}, tr.ctx)
+    fresh = MLA({**PARAMS, "alternate": alternate}, tr.method.ctx)
     fresh.load_state_dict(tr.method.state_dict())
     assert torch.equal(fresh.P, tr.method.P) and fresh.updates == tr.method.updates

@@ -102,9 +102,10 @@ def test_backward_hook_sets_pareto_grads_and_head_grads(n_mod):
     ref = copy.deepcopy(model)
 
     out = method.forward(model, xs, None)
-    loss, logits = method.loss(out, y, None)
+    res = method.loss(model, out, y, None)
+    loss, logits = res.loss, res.logits
     model.zero_grad(set_to_none=True)
-    method.backward(loss, model, out, y)
+    method.backward(model, res)
 
     # independent gradients on an identical copy
     o = ref(xs)

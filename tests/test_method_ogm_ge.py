@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from dyncim.methods.base import Context
+from dyncim.methods.base import Context, StepResult
 from dyncim.methods.ogm_ge import OGMGE, confidence_scores, ogm_coefficients
 from dyncim.models import build_model
 from dyncim.train.loop import Trainer
-from tests.conftest import TRAIN_CFG, RecordingWriter, tiny_features
+from tests.conftest import TRAIN_CFG, RecordingWriter, at_epoch, tiny_features
 
 PARAMS = {"type": "ogm-ge", "fusion": "concat", "alpha": 0.8, "modulation_starts": 0,
           "modulation_ends": 50, "ge": False}
@@ -55,7 +55,7 @@ def _step(method, model, xs, y):
     model.zero_grad()
     F.cross_entropy(out.fused, y).backward()
     before = {n: p.grad.clone() for n, p in model.named_parameters()}
-    method.after_backward(model, out, y)
+    method.after_backward(model, StepResult(None, out.fused, out, y))
     return out, before
 
 
@@ -70,7 +70,7 @@ def test_encoder_weight_gradients_scaled_by_exactly_the_coefficient():
     torch.manual_seed(0)
     model = build_model([5, 4], 3, "concat", {"hidden": [8], "dropout": 0.0})
     m = OGMGE(dict(PARAMS), ctx())
-    m.on_epoch_start(0, None)
+    m.begin_epoch(at_epoch(0))
     xs, y = _batch()
     out, before = _step(m, model, xs, y)
     # independent: per-modality logits from the concat head's weight slices + half the bias
@@ -95,7 +95,7 @@ def test_no_modulation_outside_the_epoch_window():
     m = OGMGE({**PARAMS, "modulation_starts": 2, "modulation_ends": 3, "ge": True}, ctx())
     xs, y = _batch()
     for epoch, changed in [(1, False), (2, True), (3, True), (4, False)]:
-        m.on_epoch_start(epoch, None)
+        m.begin_epoch(at_epoch(epoch))
         _, before = _step(m, model, xs, y)
         w = model.encoders[0].net[0].weight
         assert (not torch.equal(w.grad, before["encoders.0.net.0.weight"])) == changed, epoch
@@ -105,7 +105,7 @@ def test_ge_noise_has_the_std_of_the_unmodulated_gradient():
     torch.manual_seed(1)
     model = build_model([400, 300], 3, "concat", {"hidden": [64], "dropout": 0.0})
     m = OGMGE({**PARAMS, "ge": True}, ctx())
-    m.on_epoch_start(0, None)
+    m.begin_epoch(at_epoch(0))
     g = torch.Generator().manual_seed(3)
     xs = [torch.randn(64, 400, generator=g), torch.randn(64, 300, generator=g)]
     y = torch.randint(0, 3, (64,), generator=g)
@@ -131,6 +131,6 @@ def test_training_runs_and_changes_the_model(tmp_path, monkeypatch):
     assert any(not torch.equal(start[k], v) for k, v in tr.model.state_dict().items())
     assert tr.method.last_coef is not None and torch.isfinite(tr.method.last_coef).all()
     writer = RecordingWriter()
-    tr.method.log(writer, 3, tr)
+    tr.method.log(writer, 3)
     logged = writer.scalars
     assert math.isfinite(logged["ogm/coefficient_m0"])

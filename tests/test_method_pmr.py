@@ -9,7 +9,8 @@ import torch
 from dyncim.methods.base import Context
 from dyncim.methods.pmr import PMR, class_prototypes
 from dyncim.models.multimodal import Output
-from dyncim.train.loop import Trainer, evaluate_split
+from dyncim.train.inference import evaluate_split
+from dyncim.train.loop import Trainer
 from tests.conftest import TRAIN_CFG, RecordingWriter, tiny_features
 
 PARAMS = {"type": "pmr", "fusion": "concat", "alpha": 1.0, "modulation_starts": 0,
@@ -69,7 +70,8 @@ def test_class_prototypes_are_class_means():
 @pytest.mark.parametrize("rule", ["clip", "binary"])
 def test_prototype_ce_loss_equals_hand_computation(rule):
     m = make({"alpha": 2.0, "coefficient": rule})
-    loss, logits = m.loss(output(), torch.tensor(Y), None)
+    res = m.loss(None, output(), torch.tensor(Y), None)
+    loss, logits = res.loss, res.logits
     pa, pv = hand_probs(HA, CA), hand_probs(HV, CV)
     sa, sv = sum(r[c] for r, c in zip(pa, Y)), sum(r[c] for r, c in zip(pv, Y))
     assert sa > sv  # audio leads: the visual prototype loss is switched on
@@ -92,11 +94,13 @@ def test_entropy_regularisation_and_its_schedule():
     m = make({"mu": 0.5, "modulation_starts": 2, "per_epochs": 3})
     for epoch, with_per in [(2, True), (5, True), (6, False)]:
         m.epoch = epoch
-        loss, _ = m.loss(output(), y, None)
+        res = m.loss(None, output(), y, None)
+        loss, _ = res.loss, res.logits
         want = base - 0.5 * gamma_a * ent_a if with_per else base
         assert float(loss) == pytest.approx(want, rel=1e-5), epoch
     m.epoch = 101   # past modulation_ends: the fused cross-entropy alone
-    loss, _ = m.loss(output(), y, None)
+    res = m.loss(None, output(), y, None)
+    loss, _ = res.loss, res.logits
     assert float(loss) == pytest.approx(hand_ce(hand_softmax(FUSED), Y), rel=1e-6)
 
 
@@ -104,7 +108,8 @@ def test_gradient_pulls_only_the_slow_modality_towards_its_prototypes():
     m = make({"alpha": 1.0})
     ha = torch.tensor(HA, requires_grad=True)
     hv = torch.tensor(HV, requires_grad=True)
-    loss, _ = m.loss(Output([ha, hv], [], torch.tensor(FUSED)), torch.tensor(Y), None)
+    res = m.loss(None, Output([ha, hv], [], torch.tensor(FUSED)), torch.tensor(Y), None)
+    loss, _ = res.loss, res.logits
     loss.backward()
     assert ha.grad is None or torch.count_nonzero(ha.grad) == 0
     assert torch.count_nonzero(hv.grad) > 0
@@ -132,7 +137,7 @@ def test_training_runs_and_prototypes_are_train_class_means(tmp_path, monkeypatc
     tr = Trainer(data, {**PARAMS, "momentum_coef": 0.0, "mu": 0.01}, train, 0, torch.device("cpu"),
                  tmp_path / "last.pt", None, "x")
     start = copy.deepcopy(tr.model.state_dict())
-    tr.method.on_epoch_start(0, tr)
+    tr.method.begin_epoch(tr.view())
     _, _, feats = evaluate_split(tr.model, tr.method, tr.data, tr.train_idx, 64)
     y = data.labels[tr.train_idx]
     for h, c in zip(feats, tr.method.protos):
@@ -142,6 +147,6 @@ def test_training_runs_and_prototypes_are_train_class_means(tmp_path, monkeypatc
     assert any(not torch.equal(start[k], v) for k, v in tr.model.state_dict().items())
     assert tr.method._steps > 0
     writer = RecordingWriter()
-    tr.method.log(writer, 3, tr)
+    tr.method.log(writer, 3)
     logged = writer.scalars
     assert math.isfinite(logged["pmr/beta_m0"])

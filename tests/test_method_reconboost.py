@@ -25,15 +25,16 @@ def make(n_mod=2, **over):
     return method, model
 
 
-def fake_trainer(model, opt=None):
-    return SimpleNamespace(model=model, optimizer=opt or torch.optim.SGD(model.parameters(), lr=0.1))
+def view(epoch, model, opt=None):
+    """The fields of the RunView that ReconBoost's epoch hook reads."""
+    return SimpleNamespace(epoch=epoch, model=model, optimizer=opt or torch.optim.SGD(model.parameters(), lr=0.1))
 
 
 def test_boosting_loss_by_hand():
     method, model = make(2, weight1=5.0, weight2=1.0)
     with torch.no_grad():
         model.extra["reconboost"].boost_rate.fill_(1.5)
-    method.on_epoch_start(8 + 8 + 0, fake_trainer(model))       # stage 2: learner a again, b in the ensemble
+    method.begin_epoch(view(8 + 8 + 0, model))       # stage 2: learner a again, b in the ensemble
     assert (method.stage, method.boosting, method.active) == (2, True, 0)
     za = [[1.0, 0.0, -1.0], [0.5, 2.0, 0.0]]
     zb = [[0.0, 1.0, 0.0], [-1.0, 0.0, 1.0]]
@@ -46,7 +47,7 @@ def test_boosting_loss_by_hand():
         expected += (-5.0 * math.log(pa) + 1.0 * pe * math.log(pa)) / 3
     expected /= 2
     out = Output([None, None], [torch.tensor(za), torch.tensor(zb)], torch.zeros(2, 3))
-    loss, _ = method.loss(out, torch.tensor(y), None)
+    loss = method.loss(model, out, torch.tensor(y), None).loss
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     # the same loss, written as (1/C) [w1 CE - w2 KL(q || p_a)] + (1/C) w2 sum q log q, q = y * p_ens
     za_t, zb_t, y_t = torch.tensor(za), torch.tensor(zb), torch.tensor(y)
@@ -60,17 +61,17 @@ def test_boosting_loss_by_hand():
 
 def test_first_stage_has_no_ensemble_and_rectification_is_ensemble_ce():
     method, model = make(2)
-    method.on_epoch_start(0, fake_trainer(model))
+    method.begin_epoch(view(0, model))
     za = torch.tensor([[1.0, 0.0, -1.0], [0.5, 2.0, 0.0]])
     zb = torch.tensor([[0.0, 1.0, 0.0], [-1.0, 0.0, 1.0]])
     y = torch.tensor([2, 1])
     out = Output([None, None], [za, zb], torch.zeros(2, 3))
-    loss, _ = method.loss(out, y, None)
+    loss = method.loss(model, out, y, None).loss
     pa = torch.softmax(za, 1)[[0, 1], y]
     assert loss.item() == pytest.approx(((1.0 - 5.0) * torch.log(pa)).mean().item() / 3, rel=1e-6)
-    method.on_epoch_start(4, fake_trainer(model))               # stage 0 rectification: members {a}
+    method.begin_epoch(view(4, model))               # stage 0 rectification: members {a}
     out = method.forward(model, [torch.randn(2, 5), torch.randn(2, 4)], None)
-    loss, _ = method.loss(out, y, None)
+    loss = method.loss(model, out, y, None).loss
     assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(out.logits[0], y).item(), rel=1e-6)
 
 
@@ -84,7 +85,7 @@ def test_stages_alternate(n_mod, per, cor, expected):
     method, model = make(n_mod, epochs_per_stage=per, correct_epochs=cor)
     got, members = [], []
     for e in range(len(expected)):
-        method.on_epoch_start(e, fake_trainer(model))
+        method.begin_epoch(view(e, model))
         got.append((method.stage, method.boosting, method.active))
         members.append(model.extra["reconboost"].members.tolist())
     assert got == expected
@@ -99,7 +100,7 @@ def test_optimizer_state_reset_at_phase_start():
     p = next(model.parameters())
     for e, reset in [(0, True), (1, False), (2, True), (3, True), (4, False)]:
         opt.state[p]["momentum_buffer"] = torch.ones_like(p)
-        method.on_epoch_start(e, fake_trainer(model, opt))
+        method.begin_epoch(view(e, model, opt))
         assert (p not in opt.state) == reset
 
 
@@ -116,10 +117,10 @@ def one_step(method, model, n_mod):
     xs = [torch.randn(8, d) for d in (5, 4, 6)[:n_mod]]
     y = torch.arange(8) % 3
     out = method.forward(model, xs, None)
-    loss, _ = method.loss(out, y, None)
+    res = method.loss(model, out, y, None)
     opt.zero_grad(set_to_none=True)
-    method.backward(loss, model, out, y)
-    method.after_backward(model, out, y)
+    method.backward(model, res)
+    method.after_backward(model, res)
     opt.step()
 
 
@@ -128,7 +129,7 @@ def one_step(method, model, n_mod):
 def test_only_active_learner_changes(n_mod, shared):
     method, model = make(n_mod, epochs_per_stage=1, correct_epochs=1, shared_head=shared)
     epoch = 2 * (n_mod + 1)                 # stage n_mod + 1: every learner a member, active = 1
-    method.on_epoch_start(epoch, fake_trainer(model))
+    method.begin_epoch(view(epoch, model))
     assert method.boosting and method.active == 1 and model.extra["reconboost"].members.tolist() == [1.0] * n_mod
     enc = [params_of(e) for e in model.encoders]
     heads = [params_of(h) for h in model.fusion.heads]
@@ -139,7 +140,7 @@ def test_only_active_learner_changes(n_mod, shared):
         assert changed(model.fusion.heads[m], heads[m]) == (shared or m == 1)
     assert torch.equal(model.extra["reconboost"].boost_rate, boost)
     # the rectification phase that follows trains every learner and the boost rate
-    method.on_epoch_start(epoch + 1, fake_trainer(model))
+    method.begin_epoch(view(epoch + 1, model))
     assert not method.boosting
     enc = [params_of(e) for e in model.encoders]
     one_step(method, model, n_mod)
@@ -149,13 +150,13 @@ def test_only_active_learner_changes(n_mod, shared):
 
 def test_predict_uses_ensemble_members_and_shared_head_survives_reload():
     method, model = make(2)
-    method.on_epoch_start(0, fake_trainer(model))
+    method.begin_epoch(view(0, model))
     assert model.fusion.heads[0] is model.fusion.heads[1]
     with torch.no_grad():
         model.extra["reconboost"].boost_rate.fill_(2.0)
     out = model([torch.randn(4, 5), torch.randn(4, 4)])
     assert torch.allclose(method.predict(model, out), 2.0 * out.logits[0])          # stage 0: {a}
-    method.on_epoch_start(8, fake_trainer(model))
+    method.begin_epoch(view(8, model))
     assert torch.allclose(method.predict(model, out), 2.0 * (out.logits[0] + out.logits[1]))
     method2, model2 = make(2)
     model2.load_state_dict(model.state_dict())

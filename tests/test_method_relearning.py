@@ -107,7 +107,8 @@ def test_on_epoch_end_reinitialises_with_the_diagnosed_alpha(tmp_path, monkeypat
     tr.train_epoch()
     tr.train_epoch()
     before = [[p.detach().clone() for p in enc.parameters()] for enc in tr.model.encoders]
-    tr.method.on_epoch_end(1, tr)
+    tr.epoch = 1
+    tr.method.on_epoch_end(tr.view())
     alpha = tr.method.last["alpha"]
     assert tr.method.last["epoch"] == 1 and all(0 < a < 1 for a in alpha), alpha
     for m, enc in enumerate(tr.model.encoders):

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from dyncim.methods.base import Method
+from dyncim.methods.base import Method, StepResult
 from dyncim.train.loop import CheckpointMismatch, NonFiniteLoss, Trainer
 from tests.conftest import TRAIN_CFG, tiny_features
 
@@ -68,17 +68,17 @@ def test_checkpoint_that_does_not_fit_the_model_is_an_error(tmp_path, feats):
 
 
 class Exploding(Method):
-    def loss(self, out, y, idx):
+    def loss(self, model, out, y, idx):
         loss = torch.nn.functional.cross_entropy(out.fused, y)
-        return loss * (float("inf") if self.ctx.extras.get("step", 0) >= 2 else 1.0), out.fused
+        return StepResult(loss * (float("inf") if self.ctx.extras.get("step", 0) >= 2 else 1.0), out.fused, out, y)
 
     def after_step(self, model):
         self.ctx.extras["step"] = self.ctx.extras.get("step", 0) + 1
 
 
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path, feats, monkeypatch):
-    import dyncim.train.loop as loop
-    monkeypatch.setattr(loop, "build_method", lambda cfg, ctx: Exploding(cfg, ctx))
+    import dyncim.train.assemble as assemble
+    monkeypatch.setattr(assemble, "build_method", lambda cfg, ctx: Exploding(cfg, ctx))
     t = make(tmp_path, feats, epochs=2)
     with pytest.raises(NonFiniteLoss, match=r"data=t method=joint seed=0: non-finite loss at epoch 1, step 3"):
         t.fit()

@@ -38,6 +38,10 @@ Deviations from the official code (also listed in docs/baselines.md):
   applied as c * m + (1 - c) * m.detach(), whose gradient is the official backward hook's
   scaling. They stay on the device (no `.item()`/`math.exp` per step); the official code loops
   over samples in Python.
+
+Hooks (dyncim/methods/base.py says when each fires): forward (the coalition passes and Shapley mono
+outputs); loss (coefficients and the running mono-score average); after_backward (the gradient
+clipping); on_epoch_start (resets the epoch's statistics); log.
 """
 from __future__ import annotations
 
@@ -47,7 +51,7 @@ import torch
 from torch.nn import functional as F
 
 from ..models.multimodal import Output
-from .base import Method
+from .base import Method, StepResult
 
 
 def coalition_outputs(model, feats: list[torch.Tensor], zero_feats: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -96,17 +100,12 @@ class AGM(Method):
 
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
-        self.fusion = cfg.get("fusion", "concat")
         n = ctx.n_modalities
-        self.epoch = 1
         self.running = torch.zeros(n, device=ctx.device)   # sbar_i, averaged over all steps so far
         self.iteration = 0
         self._coef_sum = torch.zeros(n, device=ctx.device)
         self._score_sum = torch.zeros(n, device=ctx.device)
         self._steps = 0
-
-    def active(self) -> bool:
-        return self.cfg["modulation_starts"] <= self.epoch <= self.cfg["modulation_ends"]
 
     # --- per step -----------------------------------------------------------------------------
     def forward(self, model, xs, idx):
@@ -122,12 +121,12 @@ class AGM(Method):
         mono = shapley_mono(outs, len(feats))
         return Output(feats, mono, outs[-1])
 
-    def loss(self, out, y, idx):
+    def loss(self, model, out, y, idx):
         mono = out.logits
         scores = mono_scores(mono, y)
         self.iteration += 1
         t = self.iteration
-        if self.active():
+        if self.modulating(first_epoch=1):   # the official loop counts epochs from 1
             _, _, coef = agm_coefficients(scores, self.running, self.cfg["alpha"], self.cfg["cap"])
             fused = sum(c * z + (1 - c) * z.detach() for c, z in zip(coef, mono))
             self._coef_sum += coef
@@ -136,9 +135,9 @@ class AGM(Method):
             fused = sum(mono)
         self._score_sum += scores
         self.running.mul_((t - 1) / t).add_(scores / t)
-        return F.cross_entropy(fused, y), out.fused
+        return StepResult(F.cross_entropy(fused, y), out.fused, out, y)
 
-    def after_backward(self, model, out, y):
+    def after_backward(self, model, res):
         clip = self.cfg["grad_clip"]
         if not clip:
             return
@@ -153,13 +152,12 @@ class AGM(Method):
             g.mul_(scale)
 
     # --- per epoch ----------------------------------------------------------------------------
-    def on_epoch_start(self, epoch, trainer):
-        self.epoch = epoch + 1          # the official loop counts epochs from 1
+    def on_epoch_start(self, run):
         self._coef_sum.zero_()
         self._score_sum.zero_()
         self._steps = 0
 
-    def log(self, writer, epoch, trainer):
+    def log(self, writer, epoch):
         steps = max(1, self.ctx.steps_per_epoch)
         scores = (self._score_sum / steps).tolist()
         coef = (self._coef_sum / self._steps).tolist() if self._steps else [1.0] * len(scores)

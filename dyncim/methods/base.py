@@ -3,17 +3,27 @@
 A method overrides only what it changes. The loop, per training step:
 
     out = method.forward(model, xs, idx)           # default: model(xs)
-    loss, logits = method.loss(out, y, idx)        # logits: the fused prediction, for accuracy
-    method.backward(loss, model, out, y)           # default: loss.backward()
-    method.after_backward(model, out, y)           # gradient modulation (OGM-GE, AGM, ...)
+    res = method.loss(model, out, y, idx)          # a StepResult: loss, fused logits, the method's terms
+    optimiser.zero_grad()
+    method.backward(model, res)                    # default: res.loss.backward()
+    method.after_backward(model, res)              # gradient modulation (OGM-GE, AGM, ...)
     optimiser.step(); method.after_step(model)
 
-and per epoch `on_epoch_start`, then validation through `predict` (label-free), then
-`on_epoch_end` (statistics, re-initialisation, weight updates) and `log` (TensorBoard).
+and per epoch, with `run` a RunView (dyncim.train.view: epoch, seed, model, optimiser, data and
+split indices, training config, `run.evaluate(index)`, `run.make_optimizer(groups)`):
+
+    method.begin_epoch(run)     # sets `method.epoch` (0-based), then calls on_epoch_start(run)
+    ... the epoch's steps, then validation through `predict` (label-free) ...
+    method.on_epoch_end(run)    # statistics, re-initialisation, weight updates
+    method.log(writer, step)    # TensorBoard; step = the number of epochs done (1-based)
+
+Whatever `loss` computes for `backward` / `after_backward` travels in the StepResult, never in
+attributes of the method.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch.nn import functional as F
@@ -36,15 +46,32 @@ class Context:
         return len(self.names)
 
 
+@dataclass
+class StepResult:
+    """What `loss` hands to `backward` and `after_backward`."""
+    loss: torch.Tensor          # the scalar objective (logged; the default backward differentiates it)
+    logits: torch.Tensor        # the fused prediction of the batch (training accuracy)
+    out: Any                    # the forward pass (dyncim.models.Output)
+    y: torch.Tensor             # the batch's labels
+    terms: Any = None           # the method's own terms for its backward (e.g. per-loss values)
+
+
 class Method:
-    fusion = "concat"         # the model's fusion module: "concat" or "sum"
+    fusion = "concat"         # the model's fusion module ("concat" or "sum"), unless cfg["fusion"] says
     min_modalities = 1        # methods that balance modalities against each other need 2
 
     def __init__(self, cfg: dict, ctx: Context):
         self.cfg, self.ctx = cfg, ctx
+        self.fusion = cfg.get("fusion", type(self).fusion)
+        self.epoch = 0            # the current 0-based epoch, kept by begin_epoch
         if ctx.n_modalities < self.min_modalities:
             raise ValueError(f"{cfg.get('type', type(self).__name__)}: needs at least "
                              f"{self.min_modalities} modalities, the data set has {ctx.n_modalities}")
+
+    def modulating(self, first_epoch: int = 0) -> bool:
+        """Whether this epoch lies in the modulation window [modulation_starts, modulation_ends]
+        (both ends included), epochs counted from `first_epoch` as the method's official code does."""
+        return self.cfg["modulation_starts"] <= self.epoch + first_epoch <= self.cfg["modulation_ends"]
 
     # --- set-up -------------------------------------------------------------------------------
     @classmethod
@@ -62,28 +89,32 @@ class Method:
     def forward(self, model, xs, idx):
         return model(xs)
 
-    def loss(self, out, y, idx):
-        """Return (scalar loss, fused logits of the batch)."""
-        return F.cross_entropy(out.fused, y), out.fused
+    def loss(self, model, out, y, idx) -> StepResult:
+        return StepResult(F.cross_entropy(out.fused, y), out.fused, out, y)
 
-    def backward(self, loss, model, out, y) -> None:
-        loss.backward()
+    def backward(self, model, res: StepResult) -> None:
+        res.loss.backward()
 
-    def after_backward(self, model, out, y) -> None:
+    def after_backward(self, model, res: StepResult) -> None:
         pass
 
     def after_step(self, model) -> None:
         pass
 
     # --- per epoch ----------------------------------------------------------------------------
-    def on_epoch_start(self, epoch: int, trainer) -> None:
+    def begin_epoch(self, run) -> None:
+        """Called by the loop at the start of each epoch; methods override on_epoch_start."""
+        self.epoch = run.epoch
+        self.on_epoch_start(run)
+
+    def on_epoch_start(self, run) -> None:
         pass
 
-    def on_epoch_end(self, epoch: int, trainer) -> None:
+    def on_epoch_end(self, run) -> None:
         pass
 
-    def log(self, writer, epoch: int, trainer) -> None:
-        """Write method-specific TensorBoard scalars and histograms."""
+    def log(self, writer, step: int) -> None:
+        """Write method-specific TensorBoard scalars and histograms (step: epochs done, 1-based)."""
 
     # --- inference (no labels) ----------------------------------------------------------------
     def predict(self, model, out) -> torch.Tensor:

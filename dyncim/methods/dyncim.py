@@ -13,6 +13,12 @@ across modalities, the modality rebalancing α·L_fused + (1−α)·Σ_m β_m·L
 
 All curriculum work is batched tensor work on the training device: per-sample state is indexed by
 the data set index, there is no Python loop over samples and no host-device synchronisation.
+
+Hooks (dyncim/methods/base.py says when each fires): setup (the gate and the modality statistics in
+model.extra); param_groups (the gate's own group); forward (encoders and heads); loss (the whole
+objective and its gradients in closed form; the gradients travel in the StepResult's terms);
+backward (hands them to autograd); on_epoch_start (resets the epoch's trace; `self.epoch` drives
+the pace); predict (the gated fusion, label-free); log.
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ import torch
 from torch import nn
 
 from ..models.multimodal import Output
-from .base import Method
+from .base import Method, StepResult
 
 EPS = 1e-8
 
@@ -165,16 +171,13 @@ class DynCIM(Method):
         self.mem = torch.zeros(N, 5 if self.ema else 8, device=dev)
         self.mem[:, 0] = float("nan")
         self._gamma_col = None
-        self._grads = None
         self.loss_ema = torch.zeros(2, device=dev)       # fused, mean unimodal (adaptive α)
-        self.epoch = 0
         self.win_steps = 0
         self._trace: dict[str, list] = {}
 
     # --- set-up -------------------------------------------------------------------------------
     def setup(self, model):
         M = self.ctx.n_modalities
-        self._model = model  # the loss needs the gate and the modality statistics
         model.extra["mdc"] = ModalityStats(M, self.ctx.n_classes)
         if self.use_gate:
             model.extra["gate"] = Gate(M, self.cfg["gate_hidden"])
@@ -189,8 +192,7 @@ class DynCIM(Method):
                            "lr_mult": self.cfg["gate_lr_mult"]})
         return groups
 
-    def on_epoch_start(self, epoch, trainer):
-        self.epoch = epoch
+    def on_epoch_start(self, run):
         self._trace = {}
 
     # --- modality level -----------------------------------------------------------------------
@@ -319,7 +321,7 @@ class DynCIM(Method):
         feats = model.encode(xs)
         return Output(feats, [head(h) for head, h in zip(model.fusion.heads, feats)], None)
 
-    def loss(self, out, y, idx):
+    def loss(self, model, out, y, idx):
         """total = α·(1/B)Σ_i v_i·D_Task,i·D_Fuse,i·CE(ŷ_i, y_i) + (1−α)·Σ_m β_m·mean_i CE(z_i^m, y_i)
         (docs/method.md). Gradients flow to the logits z and, through ĝ in ŷ, to the gate; v, D_Task,
         D_Fuse, α and β are weights without gradient.
@@ -330,13 +332,12 @@ class DynCIM(Method):
         gate and their autograd backward were ~250 small ops. tests/test_dyncim.py checks value and
         gradients against a plain-autograd transcription of the same formulas."""
         with torch.inference_mode():
-            value, yhat, self._grads = self._objective(out.logits, y, idx)
-        return value, yhat
+            value, yhat, grads = self._objective(model, out.logits, y, idx)
+        return StepResult(value, yhat, out, y, terms=grads)
 
-    def backward(self, loss, model, out, y):
-        grad_z, grad_gate = self._grads
-        self._grads = None
-        torch.autograd.backward(out.logits, list(grad_z.unbind(0)))
+    def backward(self, model, res):
+        grad_z, grad_gate = res.terms
+        torch.autograd.backward(res.out.logits, list(grad_z.unbind(0)))
         if grad_gate is not None:
             flat = model.extra["gate"].flat
             grad = torch.cat(grad_gate)         # outside inference mode: a normal tensor
@@ -345,11 +346,11 @@ class DynCIM(Method):
             else:
                 flat.grad.add_(grad)
 
-    def _objective(self, logits, y, idx):
+    def _objective(self, model, logits, y, idx):
         """The loss, the fused prediction (B x C) and the loss's gradients with respect to the
         logits (M x B x C) and the gate's flat parameter, in closed form (run in inference mode)."""
         M, (B, C) = len(logits), logits[0].shape
-        st = self._model.extra["mdc"]
+        st = model.extra["mdc"]
         lg, lh, share = self._modality_terms(st)                          # share = β / M
         Y = self.eye.index_select(1, y)                                   # one-hot labels, C x B
         zc = torch.stack([z.t() for z in logits])                         # class-major, M x C x B
@@ -358,7 +359,7 @@ class DynCIM(Method):
         nll_sum = nll[:M].sum(1)                                          # B·L_m
         g = d_task = v = None
         if self.use_gate:
-            gate = self._model.extra["gate"]
+            gate = model.extra["gate"]
             W1, w2, b2 = gate.cached_weights()
             g, x, h = gate(*self.gate_features(prob, plogp, dis, lg, lh), (W1, w2, b2))   # M x B
             d_fuse = g.sum(0).mul_(1 / M)                                 # D_Fuse = mean_m g
@@ -426,7 +427,7 @@ class DynCIM(Method):
             t.setdefault(key, []).append(value)
         t["beta"], t["log_gmr"], t["log_hmir"], t["alpha"] = beta, lg, lh, alpha   # beta: β / M
 
-    def log(self, writer, epoch, trainer):
+    def log(self, writer, epoch):
         t = self._trace
         if not t:
             return

@@ -35,6 +35,10 @@ Deviations from BalanceBenchmark (also in docs/baselines.md):
     other modalities' inputs and trains through the fused head;
   - the probe optimiser is built fresh (no momentum state) with the current learning rate.
 Works for any number of modalities (one weight per modality plus the fused head).
+
+Hooks (dyncim/methods/base.py says when each fires): setup (the unimodal heads); forward (their
+logits); loss (the weighted sum); on_epoch_start (probe estimate every super_epoch, trained on a
+copy of the model through run.make_optimizer); on_epoch_end (trajectory estimate); log.
 """
 from __future__ import annotations
 
@@ -45,7 +49,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..models.multimodal import Output
-from .base import Method
+from .base import Method, StepResult
 
 
 def ogr_weights(train0: torch.Tensor, val0: torch.Tensor, train1: torch.Tensor, val1: torch.Tensor,
@@ -95,9 +99,9 @@ class GBlending(Method):
             return out
         return Output(out.feats, [self._uni(model, m, h) for m, h in enumerate(out.feats)], out.fused)
 
-    def loss(self, out, y, idx):
+    def loss(self, model, out, y, idx):
         terms = torch.stack([F.cross_entropy(z, y) for z in out.logits] + [F.cross_entropy(out.fused, y)])
-        return (self.weights * terms).sum(), out.fused
+        return StepResult((self.weights * terms).sum(), out.fused, out, y)
 
     # --- estimation --------------------------------------------------------------------------
     def _head_logits(self, model, xs, k):
@@ -126,22 +130,20 @@ class GBlending(Method):
         model.train(was)
         return tot / len(index)
 
-    def _checkpoint(self, model, trainer, heads):
-        bs = trainer.cfg["eval_batch_size"]
-        return (self._losses(model, trainer.data, trainer.train_idx, bs, heads),
-                self._losses(model, trainer.data, trainer.val_idx, bs, heads))
+    def _checkpoint(self, model, run, heads):
+        bs = run.train_cfg["eval_batch_size"]
+        return (self._losses(model, run.data, run.train_idx, bs, heads),
+                self._losses(model, run.data, run.val_idx, bs, heads))
 
-    def _probe(self, trainer) -> torch.Tensor:
-        from ..train.loop import make_optimizer  # the loop imports the method registry
-        data, tr, bs = trainer.data, trainer.train_idx, trainer.cfg["batch_size"]
-        lr = trainer.optimizer.param_groups[0]["lr"]
-        gen = torch.Generator().manual_seed(int(getattr(trainer, "seed", 0)) * 100003 + int(trainer.epoch))
+    def _probe(self, run) -> torch.Tensor:
+        data, tr, bs = run.data, run.train_idx, run.train_cfg["batch_size"]
+        gen = torch.Generator().manual_seed(int(run.seed) * 100003 + int(run.epoch))
         before, after = [], []
         for k in range(len(self.weights)):
-            probe = copy.deepcopy(trainer.model)
+            probe = copy.deepcopy(run.model)
             probe.train()
-            opt = make_optimizer([{"params": self._head_params(probe, k)}], {**trainer.cfg, "lr": lr})
-            before.append(self._checkpoint(probe, trainer, [k]))
+            opt = run.make_optimizer([{"params": self._head_params(probe, k)}], lr=run.lr)
+            before.append(self._checkpoint(probe, run, [k]))
             for _ in range(self.super_epoch):
                 perm = tr[torch.randperm(len(tr), generator=gen).to(tr.device)]
                 for start in range(0, len(perm), bs):
@@ -151,25 +153,25 @@ class GBlending(Method):
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
-            after.append(self._checkpoint(probe, trainer, [k]))
+            after.append(self._checkpoint(probe, run, [k]))
         cat = lambda rows, j: torch.cat([r[j] for r in rows])  # noqa: E731
         return ogr_weights(cat(before, 0), cat(before, 1), cat(after, 0), cat(after, 1), self.eps)
 
-    def on_epoch_start(self, epoch, trainer):
+    def on_epoch_start(self, run):
         if self.estimate == "probe":
-            if epoch % self.super_epoch == 0:
-                self.weights = self._probe(trainer)
+            if run.epoch % self.super_epoch == 0:
+                self.weights = self._probe(run)
         elif self.ref is None:
-            self.ref = self._checkpoint(trainer.model, trainer, list(range(len(self.weights))))
+            self.ref = self._checkpoint(run.model, run, list(range(len(self.weights))))
 
-    def on_epoch_end(self, epoch, trainer):
-        if self.estimate == "trajectory" and (epoch + 1) % self.super_epoch == 0:
-            now = self._checkpoint(trainer.model, trainer, list(range(len(self.weights))))
+    def on_epoch_end(self, run):
+        if self.estimate == "trajectory" and (run.epoch + 1) % self.super_epoch == 0:
+            now = self._checkpoint(run.model, run, list(range(len(self.weights))))
             self.weights = ogr_weights(self.ref[0], self.ref[1], now[0], now[1], self.eps)
             self.ref = now
 
     # --- logging and state -------------------------------------------------------------------
-    def log(self, writer, epoch, trainer):
+    def log(self, writer, epoch):
         for name, w in zip(list(self.ctx.names) + ["fused"], self.weights.tolist()):
             writer.add_scalar(f"gblending/weight_{name}", w, epoch)
 

@@ -38,8 +38,13 @@ Deviations from the official code (also in docs/baselines.md):
     sums over the whole batch, giving one weight per modality per test batch (predictions depend
     on the batch composition); we use per-sample entropies over classes, as in the paper;
   - `alternate: step` is an option of ours (one modality per loop step); with `alternate: batch`
-    the extra optimiser steps are taken inside `backward` with the trainer's optimiser (taken in
+    the extra optimiser steps are taken inside `backward` with the run's optimiser (kept from
     `on_epoch_start`), since the hooks have no per-batch sub-step.
+
+Hooks (dyncim/methods/base.py says when each fires): setup (the shared head); forward (one modality
+per step with alternate: step); loss; backward (one update per modality: the first M-1 optimiser
+steps of a batch, with the run's optimiser kept from on_epoch_start); on_epoch_start; predict
+(entropy-weighted fusion).
 """
 from __future__ import annotations
 
@@ -48,7 +53,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..models.multimodal import Output
-from .base import Method
+from .base import Method, StepResult
 
 
 def owm_update(P: torch.Tensor, r: torch.Tensor, alpha: float, normalize: bool) -> torch.Tensor:
@@ -119,17 +124,18 @@ class MLA(Method):
         feats[m], logits[m] = h, z
         return Output(feats, logits, z)
 
-    def loss(self, out, y, idx):
+    def loss(self, model, out, y, idx):
         if self.alternate == "step":
-            return F.cross_entropy(out.fused, y), out.fused
+            return StepResult(F.cross_entropy(out.fused, y), out.fused, out, y)
         # batch: reported loss and accuracy before the batch's updates (the updates recompute)
         with torch.no_grad():
             loss = torch.stack([F.cross_entropy(z, y) for z in out.logits]).mean()
-            return loss, self._fuse([z.detach() for z in out.logits])
+            return StepResult(loss, self._fuse([z.detach() for z in out.logits]), out, y)
 
-    def backward(self, loss, model, out, y):
+    def backward(self, model, res):
+        out, y = res.out, res.y
         if self.alternate == "step":
-            loss.backward()
+            res.loss.backward()
             self._modify(model, self.current, out.feats[self.current])
             self.updates += 1
             self.batch += 1
@@ -156,9 +162,9 @@ class MLA(Method):
         self.P = owm_update(self.P, h.detach().mean(0, keepdim=True), alpha, self.normalize)
 
     # --- per epoch ---------------------------------------------------------------------------
-    def on_epoch_start(self, epoch, trainer):
+    def on_epoch_start(self, run):
         self.batch = 0
-        self.optimizer = trainer.optimizer
+        self.optimizer = run.optimizer   # backward steps it between the modalities of a batch
 
     # --- inference ---------------------------------------------------------------------------
     def predict(self, model, out):

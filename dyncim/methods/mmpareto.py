@@ -27,6 +27,10 @@ Deviations from the official code (also in docs/baselines.md):
     per-tensor rescaling); the defaults reproduce the official behaviour;
   - the official solver receives every gradient twice (the per-tensor entries plus their
     concatenation); that doubles every inner product and does not change c, so it is not copied.
+
+Hooks (dyncim/methods/base.py says when each fires): setup (the unimodal heads); forward (their
+logits); loss (returns L_mm and the L_m as the StepResult's terms); backward (the per-encoder
+Pareto combination); on_epoch_start; log.
 """
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..models.multimodal import Output
-from .base import Method
+from .base import Method, StepResult
 
 _TINY = 1e-12
 
@@ -84,7 +88,6 @@ class MMPareto(Method):
         self.scope = cfg["rescale"]
         if self.scope not in ("tensor", "encoder"):
             raise ValueError(f"mmpareto: rescale must be tensor or encoder, got {self.scope!r}")
-        self._terms = None
         self._reset_stats()
 
     def _reset_stats(self):
@@ -102,15 +105,13 @@ class MMPareto(Method):
         heads = model.extra["uni_heads"]
         return Output(out.feats, [head(h) for head, h in zip(heads, out.feats)], out.fused)
 
-    def loss(self, out, y, idx):
+    def loss(self, model, out, y, idx):
         l_mm = F.cross_entropy(out.fused, y)
         l_uni = [F.cross_entropy(z, y) for z in out.logits]
-        self._terms = (l_mm, l_uni)
-        return l_mm + sum(l_uni), out.fused
+        return StepResult(l_mm + sum(l_uni), out.fused, out, y, terms=(l_mm, l_uni))
 
-    def backward(self, loss, model, out, y):
-        l_mm, l_uni = self._terms
-        self._terms = None
+    def backward(self, model, res):
+        l_mm, l_uni = res.terms
         enc = [list(e.parameters()) for e in model.encoders]
         fused_head = list(model.fusion.parameters())
         n_enc = sum(len(ps) for ps in enc)
@@ -133,10 +134,10 @@ class MMPareto(Method):
             self._cos[m] += cos.detach()
         self._steps += 1
 
-    def on_epoch_start(self, epoch, trainer):
+    def on_epoch_start(self, run):
         self._reset_stats()
 
-    def log(self, writer, epoch, trainer):
+    def log(self, writer, epoch):
         n = max(self._steps, 1)
         for name, c, s in zip(self.ctx.names, (self._conflicts / n).tolist(), (self._cos / n).tolist()):
             writer.add_scalar(f"mmpareto/conflict_rate_{name}", c, epoch)

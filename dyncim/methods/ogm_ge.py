@@ -29,6 +29,10 @@ Deviations from the official code (each is also listed in docs/baselines.md):
   the concat head; we follow the fixed current version (marked "bug fixed" there).
 - The ratio and coefficients stay on the device (no `.item()` per step); the official code
   builds the scores with a Python loop over the samples.
+
+Hooks (dyncim/methods/base.py says when each fires): after_backward (scales, and with GE adds noise
+to, each encoder's weight gradients inside the modulation window); on_epoch_start (resets the
+epoch's statistics); log.
 """
 from __future__ import annotations
 
@@ -57,26 +61,20 @@ class OGMGE(Method):
 
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
-        self.fusion = cfg.get("fusion", "concat")
-        self.epoch = 0
         self._coef_sum = torch.zeros(ctx.n_modalities, device=ctx.device)
         self._ratio_sum = torch.zeros(ctx.n_modalities, device=ctx.device)
         self._steps = 0
         self.last_ratio = self.last_coef = None
 
-    def active(self) -> bool:
-        return self.cfg["modulation_starts"] <= self.epoch <= self.cfg["modulation_ends"]
-
-    def on_epoch_start(self, epoch, trainer):
-        self.epoch = epoch
+    def on_epoch_start(self, run):
         self._coef_sum.zero_()
         self._ratio_sum.zero_()
         self._steps = 0
 
-    def after_backward(self, model, out, y):
-        if not self.active():
+    def after_backward(self, model, res):
+        if not self.modulating():
             return
-        ratio, k = ogm_coefficients(confidence_scores(out.logits, y), self.cfg["alpha"])
+        ratio, k = ogm_coefficients(confidence_scores(res.out.logits, res.y), self.cfg["alpha"])
         self.last_ratio, self.last_coef = ratio, k
         self._ratio_sum += ratio
         self._coef_sum += k
@@ -93,7 +91,7 @@ class OGMGE(Method):
                 else:
                     g.mul_(k[m])
 
-    def log(self, writer, epoch, trainer):
+    def log(self, writer, epoch):
         if not self._steps:
             return
         coef = (self._coef_sum / self._steps).tolist()

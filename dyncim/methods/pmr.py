@@ -40,13 +40,17 @@ Deviations from the official code (also listed in docs/baselines.md):
 - No `.item()` per step; the official code computes the scores with a Python loop over samples
   and distances with a double loop (here torch.cdist). Its unused --temperature argument is not
   carried over (the logits are the negative distances, as there).
+
+Hooks (dyncim/methods/base.py says when each fires): on_epoch_start (prototypes from an eval-mode
+pass over the training split, run.evaluate); loss (fused cross-entropy + β-weighted prototype
+cross-entropy, minus the entropy term early on); log.
 """
 from __future__ import annotations
 
 import torch
 from torch.nn import functional as F
 
-from .base import Method
+from .base import Method, StepResult
 
 
 def class_prototypes(feats: torch.Tensor, y: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -75,33 +79,24 @@ class PMR(Method):
 
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
-        self.fusion = cfg.get("fusion", "concat")
-        self.epoch = 0
         self.protos: list[torch.Tensor] | None = None
         n = ctx.n_modalities
         self._beta_sum = torch.zeros(n, device=ctx.device)
         self._pce_sum = torch.zeros(n, device=ctx.device)
         self._steps = 0
 
-    def active(self) -> bool:
-        return self.cfg["modulation_starts"] <= self.epoch <= self.cfg["modulation_ends"]
-
     def per_active(self) -> bool:
         return self.cfg["mu"] > 0 and self.epoch <= self.cfg["modulation_starts"] + self.cfg["per_epochs"]
 
     # --- per epoch ----------------------------------------------------------------------------
-    def on_epoch_start(self, epoch, trainer):
-        self.epoch = epoch
+    def on_epoch_start(self, run):
         self._beta_sum.zero_()
         self._pce_sum.zero_()
         self._steps = 0
-        if epoch > self.cfg["modulation_ends"]:
+        if run.epoch > self.cfg["modulation_ends"]:
             return  # prototypes are not used any more
-        from ..train.loop import evaluate_split
-        _, _, feats = evaluate_split(trainer.model, self, trainer.data, trainer.train_idx,
-                                     trainer.cfg["eval_batch_size"])
-        y = trainer.data.labels[trainer.train_idx]
-        self.update_prototypes(feats, y)
+        _, _, feats = run.evaluate(run.train_idx)
+        self.update_prototypes(feats, run.data.labels[run.train_idx])
 
     def update_prototypes(self, feats: list[torch.Tensor], y: torch.Tensor) -> None:
         new = [class_prototypes(h, y, self.ctx.n_classes) for h in feats]
@@ -111,10 +106,10 @@ class PMR(Method):
         self.protos = new
 
     # --- per step -----------------------------------------------------------------------------
-    def loss(self, out, y, idx):
+    def loss(self, model, out, y, idx):
         loss = F.cross_entropy(out.fused, y)
-        if not self.active() or self.protos is None:
-            return loss, out.fused
+        if not self.modulating() or self.protos is None:
+            return StepResult(loss, out.fused, out, y)
         logp = [prototype_log_probs(h, c) for h, c in zip(out.feats, self.protos)]
         pce = torch.stack([F.nll_loss(lp, y) for lp in logp])
         scores = torch.stack([lp.detach().gather(1, y[:, None]).exp().sum() for lp in logp])
@@ -126,9 +121,9 @@ class PMR(Method):
         self._beta_sum += beta
         self._pce_sum += pce.detach()
         self._steps += 1
-        return loss, out.fused
+        return StepResult(loss, out.fused, out, y)
 
-    def log(self, writer, epoch, trainer):
+    def log(self, writer, epoch):
         if not self._steps:
             return
         beta = (self._beta_sum / self._steps).tolist()

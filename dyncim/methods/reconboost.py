@@ -49,6 +49,11 @@ Deviations from the official code (also in docs/baselines.md):
   our loop validates every epoch on the validation split. The official training loader drops
   the last partial batch; the shared loop keeps it.
 - Defaults of w1, w2 are those of `train.py` (two modalities: 5, 1); `train_MSA.py` uses 1, 0.25.
+
+Hooks (dyncim/methods/base.py says when each fires): setup (the ensemble state, the shared head);
+on_epoch_start (the stage schedule; a fresh optimiser state per phase through run.optimizer);
+forward; loss (the boosting loss); after_backward (drops the gradients of the learners not being
+trained); predict (the ensemble); log.
 """
 from __future__ import annotations
 
@@ -57,7 +62,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..models import Output
-from .base import Method
+from .base import Method, StepResult
 
 
 class _EnsembleState(nn.Module):
@@ -120,13 +125,13 @@ class ReconBoost(Method):
             model.extra["reconboost"] = _EnsembleState(self.n, self.cfg["boost_rate"])
         self.state = model.extra["reconboost"]
 
-    def on_epoch_start(self, epoch, trainer):
-        self.stage, self.boosting, self.active, phase_start = self.schedule(epoch)
+    def on_epoch_start(self, run):
+        self.stage, self.boosting, self.active, phase_start = self.schedule(run.epoch)
         mask = torch.zeros(self.n)
         mask[self.members()] = 1.0
         self.state.members.copy_(mask)
         if phase_start and self.cfg["reset_optimizer"]:
-            trainer.optimizer.state.clear()   # a fresh optimiser per phase, as the official code
+            run.optimizer.state.clear()   # a fresh optimiser per phase, as the official code
 
     # --- per step -------------------------------------------------------------------------------
     def forward(self, model, xs, idx):
@@ -142,15 +147,15 @@ class ReconBoost(Method):
     def _ensemble(self, logits, which):
         return self.state.boost_rate * torch.stack([logits[j] for j in which]).sum(0)
 
-    def loss(self, out, y, idx):
+    def loss(self, model, out, y, idx):
         if not self.boosting:
-            return F.cross_entropy(out.fused, y), out.fused
+            return StepResult(F.cross_entropy(out.fused, y), out.fused, out, y)
         others = [j for j in self.members() if j != self.active]
         ens = self._ensemble(out.logits, others).detach() if others else None
         loss = boosting_loss(out.logits[self.active], ens, y, self.cfg["weight1"], self.cfg["weight2"])
-        return loss, out.fused
+        return StepResult(loss, out.fused, out, y)
 
-    def after_backward(self, model, out, y):
+    def after_backward(self, model, res):
         # Only the trainable learners update: no gradient (hence no momentum or weight-decay step)
         # for the others. A shared head belongs to every learner and stays trainable.
         train = set(self.trainable())
@@ -171,7 +176,7 @@ class ReconBoost(Method):
         st = model.extra["reconboost"]
         return st.boost_rate * (torch.stack(out.logits) * st.members[:, None, None]).sum(0)
 
-    def log(self, writer, epoch, trainer):
+    def log(self, writer, epoch):
         writer.add_scalar("reconboost/stage", self.stage, epoch)
         writer.add_scalar("reconboost/active_modality", self.active if self.boosting else -1, epoch)
         writer.add_scalar("reconboost/boost_rate", float(self.state.boost_rate), epoch)

@@ -43,6 +43,10 @@ Deviations from the official code (also in docs/baselines.md):
   (official CREMA-D run: SGD lr 2e-3, momentum 0.9, weight decay 1e-4, batch 64, 90 epochs and
   no learning-rate schedule: `ours.py` parses lr_decay_step but never builds a scheduler). With
   60 epochs the re-initialisations come after epochs 20 and 40 only (90 give 20, 40, 60).
+
+Hooks (dyncim/methods/base.py says when each fires): setup (keeps the initial encoder weights);
+on_epoch_end (diagnosis by k-means purity on train and val, run.evaluate, then the partial re-
+initialisation); log.
 """
 from __future__ import annotations
 
@@ -123,7 +127,6 @@ def diagnose(train_feats, train_y, val_feats, val_y, n_classes: int, move_lambda
 class Relearning(Method):
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
-        self.fusion = cfg.get("fusion", "concat")
         if cfg["reinit_every"] < 1:
             raise ValueError("relearning: reinit_every must be >= 1")
         self.init: list[list[torch.Tensor]] = []
@@ -144,22 +147,21 @@ class Relearning(Method):
             for p, p0 in zip(enc.parameters(), self.init[m]):
                 p.mul_(1 - a).add_(a * p0.to(p.device, p.dtype))
 
-    def on_epoch_end(self, epoch, trainer):
-        if not self.due(epoch):
+    def on_epoch_end(self, run):
+        if not self.due(run.epoch):
             return
-        from ..train.loop import evaluate_split   # here: the loop module imports the methods package
-        data, bs = trainer.data, trainer.cfg["eval_batch_size"]
-        _, _, f_tr = evaluate_split(trainer.model, self, data, trainer.train_idx, bs)
-        _, _, f_va = evaluate_split(trainer.model, self, data, trainer.val_idx, bs)
+        data = run.data
+        _, _, f_tr = run.evaluate(run.train_idx)
+        _, _, f_va = run.evaluate(run.val_idx)
         cfg = self.cfg
-        p_tr, p_va, alpha = diagnose(f_tr, data.labels[trainer.train_idx], f_va, data.labels[trainer.val_idx],
+        p_tr, p_va, alpha = diagnose(f_tr, data.labels[run.train_idx], f_va, data.labels[run.val_idx],
                                      data.n_classes, cfg["move_lambda"], cfg["kmeans_restarts"],
                                      cfg["kmeans_iters"], cfg["kmeans_seed"])
-        self.reinit(trainer.model, alpha)
-        self.last = {"epoch": epoch, "purity_train": p_tr.tolist(), "purity_val": p_va.tolist(),
+        self.reinit(run.model, alpha)
+        self.last = {"epoch": run.epoch, "purity_train": p_tr.tolist(), "purity_val": p_va.tolist(),
                      "alpha": alpha.tolist()}
 
-    def log(self, writer, epoch, trainer):
+    def log(self, writer, epoch):
         if self.last is None or self.last["epoch"] + 1 != epoch:   # `epoch` here is 1-based
             return
         for m, name in enumerate(self.ctx.names):

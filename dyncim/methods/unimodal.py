@@ -1,4 +1,8 @@
-"""Each modality trained alone: the reference that shows how much joint training starves one."""
+"""Each modality trained alone: the reference that shows how much joint training starves one.
+
+Hooks (dyncim/methods/base.py says when each fires): parts (one model per modality, each trained by
+the default hooks).
+"""
 from __future__ import annotations
 
 from .base import Method

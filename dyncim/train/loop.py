@@ -18,10 +18,10 @@ from torch.nn import functional as F
 
 from ..atomic import remove_stale, torch_save
 from ..data.features import FeatureSet
-from ..methods import build as build_method
-from ..methods.base import Context
-from ..models import build_model
-from ..models.multimodal import input_shape
+from .assemble import assemble
+from .inference import evaluate_split
+from .optim import make_optimizer, make_scheduler
+from .view import RunView
 
 
 class NonFiniteLoss(RuntimeError):
@@ -30,38 +30,6 @@ class NonFiniteLoss(RuntimeError):
 
 class CheckpointMismatch(RuntimeError):
     pass
-
-
-def make_optimizer(groups, cfg):
-    # a group may carry `lr_mult` (a method's own learning-rate multiplier, e.g. DynCIM's gate)
-    groups = [{**{k: v for k, v in g.items() if k != "lr_mult"}, "lr": cfg["lr"] * g.get("lr_mult", 1.0)}
-              for g in groups]
-    if cfg["optimizer"] == "sgd":
-        return torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
-    return torch.optim.AdamW(groups, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-
-
-def make_scheduler(opt, cfg):
-    if cfg["lr_step"]:
-        return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg["lr_step"], gamma=cfg["lr_gamma"])
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)
-
-
-@torch.no_grad()
-def evaluate_split(model, method, data: FeatureSet, index: torch.Tensor, batch_size: int):
-    """Fused logits (as the method predicts, label-free), per-modality logits and features."""
-    was_training = model.training
-    model.eval()
-    fused, parts, feats = [], [[] for _ in data.views], [[] for _ in data.views]
-    for start in range(0, len(index), batch_size):
-        idx = index[start:start + batch_size]
-        out = model([v[idx] for v in data.views])
-        fused.append(method.predict(model, out))
-        for m in range(len(data.views)):
-            parts[m].append(out.logits[m])
-            feats[m].append(out.feats[m])
-    model.train(was_training)
-    return torch.cat(fused), [torch.cat(p) for p in parts], [torch.cat(f) for f in feats]
 
 
 class Trainer:
@@ -75,14 +43,7 @@ class Trainer:
         bs = train_cfg["batch_size"]
         steps = (len(self.train_idx) + bs - 1) // bs
         torch.manual_seed(seed)
-        self.ctx = Context(names=data.names, n_classes=data.n_classes, n_samples=len(data.labels),
-                           epochs=train_cfg["epochs"], steps_per_epoch=steps, device=device,
-                           corrupted=self.data.corrupted)
-        self.method = build_method(method_cfg, self.ctx)
-        self.model = build_model([input_shape(v) for v in data.views], data.n_classes,
-                                 self.method.fusion, train_cfg)
-        self.method.setup(self.model)
-        self.model.to(device)
+        self.method, self.model = assemble(self.data, method_cfg, train_cfg, device, steps_per_epoch=steps)
         self.optimizer = make_optimizer(self.method.param_groups(self.model), train_cfg)
         self.scheduler = make_scheduler(self.optimizer, train_cfg)
         self.shuffle = torch.Generator().manual_seed(seed)
@@ -130,6 +91,12 @@ class Trainer:
             print(f"{self.tag}: resumed from {self.ckpt_path} at epoch {self.epoch}", file=sys.stderr)
         return True
 
+    def view(self) -> RunView:
+        """What the method's epoch hooks see of this run."""
+        return RunView(epoch=self.epoch, seed=self.seed, model=self.model, optimizer=self.optimizer,
+                       data=self.data, train_idx=self.train_idx, val_idx=self.val_idx,
+                       train_cfg=self.cfg, method=self.method)
+
     # --- training -----------------------------------------------------------------------------
     def train_epoch(self):
         model, method, data = self.model, self.method, self.data
@@ -144,13 +111,13 @@ class Trainer:
             xs = [v[idx] for v in data.views]
             y = data.labels[idx]
             out = method.forward(model, xs, idx)
-            loss, logits = method.loss(out, y, idx)
+            res = method.loss(model, out, y, idx)
             self.optimizer.zero_grad(set_to_none=True)
-            method.backward(loss, model, out, y)
-            method.after_backward(model, out, y)
+            method.backward(model, res)
+            method.after_backward(model, res)
             self.optimizer.step()
             method.after_step(model)
-            loss = loss.detach()
+            loss, logits = res.loss.detach(), res.logits
             bad = ~torch.isfinite(loss)
             first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
             loss_sum += torch.where(bad, torch.zeros_like(loss), loss) * len(idx)
@@ -181,7 +148,7 @@ class Trainer:
             writer = SummaryWriter(str(self.log_dir), purge_step=self.epoch + 1)
         try:
             while self.epoch < self.cfg["epochs"]:
-                self.method.on_epoch_start(self.epoch, self)
+                self.method.begin_epoch(self.view())
                 lr = self.optimizer.param_groups[0]["lr"]
                 train_loss, train_acc = self.train_epoch()
                 self.scheduler.step()
@@ -190,7 +157,7 @@ class Trainer:
                 if row["val_acc"] > self.best["val_acc"]:
                     self.best = {"val_acc": row["val_acc"], "epoch": row["epoch"],
                                  "state": copy.deepcopy(self.model.state_dict())}
-                self.method.on_epoch_end(self.epoch, self)
+                self.method.on_epoch_end(self.view())
                 self.history.append(row)
                 self.epoch += 1
                 if writer is not None:
@@ -211,4 +178,4 @@ class Trainer:
         writer.add_scalar("lr", row["lr"], e)
         for name in self.data.names:
             writer.add_scalar(f"acc_modality/val_{name}", row[f"val_acc_{name}"], e)
-        self.method.log(writer, e, self)
+        self.method.log(writer, e)
