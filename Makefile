@@ -1,19 +1,24 @@
-# `make run`: the whole embedded benchmark; `make test`: the test suite. Both create .venv first.
+# `make run`: the whole embedded benchmark; `make test`: the test suite; `make lint`: the
+# workflow's lints and formatting. Each creates .venv first.
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: run test test-fast repro bench tensorboard clean
+.PHONY: run quick test test-fast lint repro bench tensorboard clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[test]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[test,lint]"
 	touch $(STAMP)
 
 run: $(STAMP)
 	snakemake --cores all
+	@cat results/summary.md
+
+quick: $(STAMP)
+	snakemake --cores all --configfile configs/quick.yaml
 	@cat results/summary.md
 
 test: $(STAMP)
@@ -21,6 +26,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(PY) .ci/snakemake-lint
+	snakefmt --check Snakefile workflow/
 
 repro: $(STAMP)
 	dvc repro
@@ -32,4 +41,4 @@ tensorboard: $(STAMP)
 	tensorboard --logdir runs
 
 clean:
-	rm -rf data models runs results bench .snakemake dvc.lock
+	rm -rf data models runs results bench logs .snakemake dvc.lock

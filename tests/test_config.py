@@ -1,3 +1,4 @@
+import ast
 import copy
 import json
 
@@ -22,10 +23,59 @@ def test_repo_params_are_valid(raw):
 
 
 def test_schema_method_types_match_catalog():
+    """The list of method types: the catalog's keys, the schema's enum and its per-type sections agree."""
     schema = C.load_schema()
     assert set(schema["$defs"]["method"]["properties"]["type"]["enum"]) == set(CATALOG)
-    for t in CATALOG:
-        assert f"method_{t}" in schema["$defs"], t
+    assert {k[len("method_"):] for k in schema["$defs"] if k.startswith("method_")} == set(CATALOG)
+
+
+def test_training_defaults_live_in_the_schema_only():
+    schema = C.load_schema()["$defs"]["train"]["properties"]
+    assert C.TRAIN_DEFAULTS == {k: v["default"] for k, v in schema.items()}
+    tree = ast.parse((REPO / "dyncim/config.py").read_text())
+    literals = [n for n in ast.walk(tree) if isinstance(n, ast.Dict)
+                and {"epochs", "lr"} <= {k.value for k in n.keys if isinstance(k, ast.Constant)}]
+    assert not literals  # the config module writes no training default itself
+
+
+def test_snakemake_reads_params_yaml_as_the_cli_does():
+    """The Snakefile resolves Snakemake's `config` and passes each job its part: the same values
+    (and types) as the CLI resolving params.yaml, through the JSON round trip."""
+    from snakemake.common.configfile import load_configfile
+    p = C.resolve(load_configfile(str(REPO / "params.yaml")))
+    assert p == C.load(REPO / "params.yaml")
+    for data in p["run"]["datasets"]:
+        for method in p["run"]["methods"]:
+            job = json.loads(C.job_json(C.train_job(p, data, method)))
+            for fn in (C.train_config, lambda q, d, m: C.method_config(q, m, d)):
+                got, want = fn(job, data, method), fn(p, data, method)
+                assert got == want and {k: type(v) for k, v in got.items()} == {k: type(v) for k, v in want.items()}
+            assert C.run_fingerprint(job, data, method) == C.run_fingerprint(p, data, method)
+            assert job["methods"][method]["seeds"] == p["methods"][method]["seeds"]
+            assert (job["device"], job["threads"]) == (p["device"], p["threads"])
+
+
+def test_job_configurations_hold_only_what_the_job_reads(raw):
+    raw["datasets"]["mfeat-pix-zer"]["method_params"] = {"unimodal": {}}
+    raw["datasets"]["mfeat-pix-zer"]["method_train"] = {"unimodal": {"lr": 0.3}}
+    p = C.resolve(raw)
+    base = C.resolve(yaml.safe_load((REPO / "params.yaml").read_text()))
+    # another method's overrides on this data set leave joint's job (its rerun trigger) alone
+    assert C.job_json(C.train_job(p, "mfeat-pix-zer", "joint")) == C.job_json(C.train_job(base, "mfeat-pix-zer", "joint"))
+    assert C.job_json(C.train_job(p, "mfeat-pix-zer", "unimodal")) != C.job_json(C.train_job(base, "mfeat-pix-zer", "unimodal"))
+    # every mfeat configuration shares one split, whatever its views
+    assert C.split_job(p, C.split_name(p, "mfeat-pix-zer")) == C.split_job(p, C.split_name(p, "mfeat-fou-mor"))
+    ev = C.evaluate_job(p, "synthetic-bi")
+    assert ev["run"] == {"datasets": ["synthetic-bi"], "methods": p["run"]["methods"]}
+    assert C.report_job(p)["methods"]["dyncim"] == {"type": "dyncim", "seeds": p["methods"]["dyncim"]["seeds"]}
+
+
+def test_config_overrides_get_their_types_back():
+    # `snakemake --config 'train={epochs: 3, lr: 0.02, hidden: [8]}'` yields strings below the top level
+    assert C.retype({"train": {"epochs": "3", "lr": "0.02", "hidden": ["8"], "optimizer": "sgd"},
+                     "methods": {"dyncim": {"gate": "false"}}, "device": "cuda:0", "x": "nan"}) == \
+        {"train": {"epochs": 3, "lr": 0.02, "hidden": [8], "optimizer": "sgd"},
+         "methods": {"dyncim": {"gate": False}}, "device": "cuda:0", "x": "nan"}
 
 
 @pytest.mark.parametrize("mutate, expected", [

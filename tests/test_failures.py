@@ -10,7 +10,7 @@ import yaml
 from dyncim.evaluate import load_run
 from dyncim.train.job import train_seed
 from tests.conftest import REPO, copy_repo, tiny_features, venv_env
-from tests.test_pipeline import job_counts, tiny_params, user_given_mfeat
+from tests.test_pipeline import job_counts, snakemake, user_given_mfeat
 
 
 def test_evaluating_a_checkpoint_with_other_features_is_a_clear_error(tmp_path):
@@ -37,34 +37,34 @@ def test_cli_reports_bad_inputs_with_exit_code_2(tmp_path):
                         "--features", str(bad), "--params", str(REPO / "params.yaml")],
                        capture_output=True, text=True, env=venv_env())
     assert r.returncode == 2 and "--data 'nope': not defined" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "dyncim", "train", "--job", "{not json", "--features", str(bad)],
+                       capture_output=True, text=True, env=venv_env())
+    assert r.returncode == 2 and "dyncim train: error: --job: not valid JSON" in r.stderr
 
 
 @pytest.mark.slow
 def test_failing_steps_leave_no_output_and_name_the_run(tmp_path):
     repo = copy_repo(tmp_path / "repo")
-    tiny_params(repo)
     user_given_mfeat(repo)
-    # a truncated raw file: the features step fails, naming the file, and leaves no feature file
+    # a truncated raw file: the split and features steps fail, naming the file, and leave no output
     csv = repo / "data/raw/mfeat/mfeat-mor.csv"
     good = csv.read_bytes()
     csv.write_bytes(b"".join(good.splitlines(keepends=True)[:1001]))  # the header and 1000 rows
-    r = subprocess.run(["snakemake", "--cores", "2", "data/features/mfeat-fou-mor.pt"], cwd=repo,
-                       env=venv_env(), capture_output=True, text=True)
-    assert r.returncode != 0 and "mfeat-mor.csv: shape (1000, 7), expected (2000, 7)" in r.stdout + r.stderr
+    r = snakemake(repo, "data/features/mfeat-fou-mor.pt", ok=False)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "mfeat-mor.csv: shape (1000, 7), expected (2000, 7)" in out
+    assert "log: logs/split/mfeat.log" in out  # the failed job's message points at its log
+    assert "mfeat-mor.csv: shape (1000, 7)" in (repo / "logs/split/mfeat.log").read_text()
     assert not (repo / "data/features/mfeat-fou-mor.pt").exists()
     assert not (repo / "data/splits/mfeat.csv").exists()
     assert not [p for p in (repo / "data").rglob("*") if p.name.endswith(".tmp")]
     csv.write_bytes(good)
     # a diverging run: stopped with data set, method, seed, epoch and step; no manifest left
-    p = yaml.safe_load((repo / "params.yaml").read_text())
-    p["methods"]["joint"]["train"] = {"lr": 1.0e12}
-    (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    r = subprocess.run(["snakemake", "--cores", "2", "models/synthetic-bi/joint/manifest.json"], cwd=repo,
-                       env=venv_env(), capture_output=True, text=True)
+    target = "models/synthetic-bi/joint/manifest.json"
+    r = snakemake(repo, target, "--config", "methods={joint: {train: {lr: 1.0e12}}}", ok=False)
     out = r.stdout + r.stderr
-    assert r.returncode != 0
+    assert r.returncode != 0 and "log: logs/train/synthetic-bi/joint.log" in out
     assert re.search(r"data=synthetic-bi method=joint seed=0: non-finite loss at epoch \d+, step \d+", out)
     assert not (repo / "models/synthetic-bi/joint/manifest.json").exists()
-    dry = subprocess.run(["snakemake", "-n", "--cores", "2", "models/synthetic-bi/joint/manifest.json"], cwd=repo,
-                         env=venv_env(), capture_output=True, text=True)
+    dry = snakemake(repo, target, "-n", "--config", "methods={joint: {train: {lr: 1.0e12}}}")
     assert job_counts(dry.stdout + dry.stderr).get("train") == 1  # not taken as done

@@ -1,29 +1,27 @@
-"""The real `snakemake` and `dvc` commands on a tiny configuration in a temp copy of the repo."""
+"""The real `snakemake` and `dvc` commands on a tiny configuration in a temp copy of the repo.
+
+The tiny configuration is a file, tests/configs/tiny.yaml, given to Snakemake with
+`--configfile` (merged over params.yaml); DVC reads params.yaml only, so its tests write the
+same configuration into params.yaml.
+"""
+import contextlib
 import json
+import os
+import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
+import torch
 import yaml
+from snakemake.utils import update_config
 
+from dyncim import config as C
 from dyncim.data.mfeat import DIMS
 from tests.conftest import copy_repo, venv_env
 
-
-def tiny_params(repo):
-    p = yaml.safe_load((repo / "params.yaml").read_text())
-    p["seeds"] = [0, 1]
-    p["train"].update(epochs=2, hidden=[8])
-    p["datasets"] = {
-        "mfeat-fou-mor": {"source": "mfeat", "views": ["fou", "mor"]},
-        "synthetic-bi": {"source": "synthetic", "synthetic": {
-            "modalities": ["dominant", "xor"], "per_class": 20, "dominant": {"dim": 16},
-            "corrupt": [{"modality": 0, "kind": "misleading", "fraction": 0.2}]}},
-    }
-    p["methods"] = {"joint": {"type": "joint"}, "unimodal": {"type": "unimodal"}}
-    p["run"] = {"datasets": ["mfeat-fou-mor", "synthetic-bi"], "methods": ["joint", "unimodal"]}
-    (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    return p
+TINY = "tests/configs/tiny.yaml"
 
 
 def user_given_mfeat(repo):
@@ -38,6 +36,14 @@ def user_given_mfeat(repo):
                    header=",".join(map(str, range(d + 1))), comments="")
 
 
+def materialize(repo, *configs):
+    """Write params.yaml merged with config files, as `snakemake --configfile` merges them (for DVC)."""
+    p = yaml.safe_load((repo / "params.yaml").read_text())
+    for c in configs:
+        update_config(p, yaml.safe_load((repo / c).read_text()))
+    (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+
+
 def run(cmd, repo, ok=True):
     r = subprocess.run(cmd, cwd=repo, env=venv_env(), capture_output=True, text=True, timeout=600)
     if ok:
@@ -45,8 +51,16 @@ def run(cmd, repo, ok=True):
     return r
 
 
+def snakemake(repo, *args, ok=True, configfiles=(TINY,)):
+    """`snakemake [targets and flags] --cores 2 --configfile ...` (targets first: --config and
+    --configfile take every value that follows them)."""
+    return run(["snakemake", *args, "--cores", "2", "--configfile", *configfiles], repo, ok)
+
+
 def job_counts(output: str) -> dict:
     """The 'Job stats' table of a snakemake dry run, as {rule: count}."""
+    if "Job stats:" not in output:
+        return {}
     lines = output.split("Job stats:")[1].splitlines()
     counts = {}
     for line in lines[3:]:
@@ -57,17 +71,60 @@ def job_counts(output: str) -> dict:
     return counts
 
 
-@pytest.fixture
-def repo(tmp_path):
-    repo = copy_repo(tmp_path / "repo")
-    tiny_params(repo)
+def dry_counts(repo, *args, **kw) -> dict:
+    r = snakemake(repo, "-n", *args, **kw)
+    return job_counts(r.stdout + r.stderr)
+
+
+@contextlib.contextmanager
+def edited(path, edit):
+    """Edit a file for the block, then restore its content and modification time."""
+    text, st = path.read_text(), path.stat()
+    path.write_text(edit(text))
+    try:
+        yield
+    finally:
+        path.write_text(text)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def clone(repo, dest):
+    """A copy of a built repo, modification times (and Snakemake's records) included."""
+    shutil.copytree(repo, dest, symlinks=True)
+    return dest
+
+
+def set_schema_train_default(text, key, value):
+    line = next(x for x in text.splitlines() if x.strip().startswith(f"{key}: {{") and "default:" in x)
+    old = line.split("default:")[1].split(",")[0].split("}")[0]
+    return text.replace(line, line.replace(f"default:{old}", f"default: {value}", 1))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """The tiny configuration run once by Snakemake."""
+    repo = copy_repo(tmp_path_factory.mktemp("built") / "repo")
     user_given_mfeat(repo)
+    snakemake(repo)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def dvc_repo(tmp_path_factory):
+    """The tiny configuration (written into params.yaml) run once by `dvc repro` in a git repo."""
+    repo = copy_repo(tmp_path_factory.mktemp("dvc") / "repo")
+    materialize(repo, TINY)
+    user_given_mfeat(repo)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+        run(cmd, repo)
+    run(["dvc", "repro"], repo)
     return repo
 
 
 @pytest.mark.slow
-def test_snakemake_end_to_end_incremental(repo):
-    run(["snakemake", "--cores", "2"], repo)
+def test_snakemake_end_to_end_incremental(built):
+    repo = built
     summary = (repo / "results" / "summary.md").read_text()
     assert "## mfeat-fou-mor" in summary and "## synthetic-bi" in summary and "| joint |" in summary
     evals = sorted((repo / "results" / "eval").rglob("*.json"))
@@ -78,45 +135,90 @@ def test_snakemake_end_to_end_incremental(repo):
     assert list((repo / "runs/mfeat-fou-mor/unimodal/seed1/fou").glob("events.out.tfevents.*"))
     assert (repo / "models/mfeat-fou-mor/joint/seed1/best.pt").exists()
     assert (repo / "models/mfeat-fou-mor/joint/seed1/last.pt").exists()
+    # every job wrote its stdout and stderr to its log
+    assert "models/synthetic-bi/unimodal/seed1/best.pt" in (repo / "logs/train/synthetic-bi/unimodal.log").read_text()
+    for log in ("split/mfeat", "features/synthetic-bi", "evaluate/mfeat-fou-mor", "report"):
+        assert (repo / f"logs/{log}.log").exists(), log
 
-    again = run(["snakemake", "--cores", "2"], repo)
+    again = snakemake(repo)
     assert "Nothing to be done" in again.stdout + again.stderr
 
-    p = yaml.safe_load((repo / "params.yaml").read_text())
-    p["train"]["lr"] = 0.02
-    (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    dry = run(["snakemake", "-n", "--cores", "2"], repo)
-    counts = job_counts(dry.stdout + dry.stderr)
+    # `--config` changes the jobs' configuration, hence their rerun trigger
+    counts = dry_counts(repo, "--config", "train={lr: 0.02}")
     assert counts == {"all": 1, "evaluate": 2, "report": 1, "train": 4}, counts
-
-    p["methods"]["joint"]["train"] = {"lr": 0.02}  # only joint's own change: only joint retrains
-    p["train"]["lr"] = 0.05
-    (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    dry = run(["snakemake", "-n", "--cores", "2"], repo)
-    assert job_counts(dry.stdout + dry.stderr)["train"] == 2
+    counts = dry_counts(repo, "--config", "methods={joint: {train: {lr: 0.02}}}")  # only joint's own change
+    assert counts == {"all": 1, "evaluate": 2, "report": 1, "train": 2}, counts
 
 
 @pytest.mark.slow
-def test_bad_params_stop_snakemake_before_any_job(repo):
-    p = yaml.safe_load((repo / "params.yaml").read_text())
-    p["train"]["epochz"] = 3
-    (repo / "params.yaml").write_text(yaml.safe_dump(p))
-    r = run(["snakemake", "--cores", "2"], repo, ok=False)
-    assert r.returncode != 0 and "epochz" in r.stdout + r.stderr
-    assert not (repo / "data" / "features").exists()
-    p["train"].pop("epochz")
-    p["run"]["methods"].append("ghost")
-    (repo / "params.yaml").write_text(yaml.safe_dump(p))
-    r = run(["snakemake", "--cores", "2"], repo, ok=False)
-    assert r.returncode != 0 and "run.methods: 'ghost' is not defined" in r.stdout + r.stderr
+def test_configfile_and_config_change_what_the_jobs_do(built, tmp_path):
+    repo = clone(built, tmp_path / "repo")
+    target = "models/synthetic-bi/joint/manifest.json"
+    snakemake(repo, target, "--config", "train={epochs: 3}")
+    ck = torch.load(repo / "models/synthetic-bi/joint/seed1/best.pt", weights_only=False)
+    assert ck["train_cfg"]["epochs"] == 3 and ck["train_cfg"]["hidden"] == [8]  # tiny.yaml's, then --config's
+    curves = (repo / "results/curves/synthetic-bi/joint/seed1.csv").read_text().splitlines()
+    assert len(curves) == 1 + 3
+    snakemake(repo, target)  # back to tiny.yaml alone: retrained with its 2 epochs
+    assert len((repo / "results/curves/synthetic-bi/joint/seed1.csv").read_text().splitlines()) == 1 + 2
+    assert torch.load(repo / "models/synthetic-bi/joint/seed0/best.pt", weights_only=False)["train_cfg"]["epochs"] == 2
 
 
 @pytest.mark.slow
-def test_dvc_repro_end_to_end(repo):
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
-        run(cmd, repo)
-    run(["dvc", "repro"], repo)
+def test_quick_profile_runs_one_seed_of_few_epochs(tmp_path):
+    repo = copy_repo(tmp_path / "repo")
+    user_given_mfeat(repo)
+    r = snakemake(repo, "-n", "-p", configfiles=("configs/quick.yaml",))
+    out = r.stdout + r.stderr
+    quick = yaml.safe_load((repo / "configs/quick.yaml").read_text())
+    n_train = len(quick["run"]["datasets"]) * len(quick["run"]["methods"])
+    assert job_counts(out)["train"] == n_train
+    commands = [line for line in out.splitlines() if "python -m dyncim train --job" in line]
+    assert len(commands) == n_train
+    for line in commands:
+        job = json.loads(line.split("--job '")[1].split("' --features")[0])
+        assert job["train"]["epochs"] == quick["train"]["epochs"] and job["seeds"] == [0]
+
+
+@pytest.mark.slow
+def test_code_and_default_edits_rerun_the_jobs_that_run_them_under_snakemake(built):
+    repo = built
+    assert dry_counts(repo) == {}  # nothing to be done
+    full = {"all": 1, "evaluate": 2, "report": 1, "train": 4}
+    with edited(repo / "dyncim/config.py", lambda t: t + "\n# edited\n"):
+        assert dry_counts(repo) == full  # training runs the config module; split and features do not
+    with edited(repo / "workflow/schemas/params.schema.yaml",
+                lambda t: set_schema_train_default(t, "eval_batch_size", 256)):
+        assert dry_counts(repo) == full  # a training default the tiny configuration does not set
+    with edited(repo / "dyncim/methods/joint.py", lambda t: t + "\n# edited\n"):
+        r = snakemake(repo, "-n")
+        out = r.stdout + r.stderr
+        assert job_counts(out) == {"all": 1, "evaluate": 2, "report": 1, "train": 2}
+        assert out.count("method=joint") == 2 and "method=unimodal" not in out  # only joint's jobs train
+    assert dry_counts(repo) == {}  # nothing to be done
+
+
+@pytest.mark.slow
+def test_code_and_default_edits_rerun_training_under_dvc(dvc_repo):
+    repo = dvc_repo
+
+    def stale():
+        out = run(["dvc", "status"], repo).stdout
+        return {line.rstrip(":") for line in out.splitlines() if line and not line.startswith((" ", "\t"))}
+
+    assert stale() <= {"Data and pipelines are up to date."}
+    with edited(repo / "dyncim/config.py", lambda t: t + "\n# edited\n"):
+        assert "train" in stale() and "features" not in stale()
+    with edited(repo / "workflow/schemas/params.schema.yaml",
+                lambda t: set_schema_train_default(t, "eval_batch_size", 256)):
+        assert "train" in stale()
+    with edited(repo / "dyncim/methods/joint.py", lambda t: t + "\n# edited\n"):
+        assert {"train", "evaluate"} <= stale() and "features" not in stale()
+
+
+@pytest.mark.slow
+def test_dvc_repro_end_to_end(dvc_repo):
+    repo = dvc_repo
     shown = run(["dvc", "metrics", "show", "--json"], repo).stdout
     metrics = json.loads(shown)
     flat = json.dumps(metrics)
@@ -140,5 +242,38 @@ def test_dvc_repro_end_to_end(repo):
     out = exp.stdout + exp.stderr
     assert "Running stage 'train'" in out and "Running stage 'features'" not in out
     assert yaml.safe_load((repo / "params.yaml").read_text())["train"]["epochs"] == 3
+    assert torch.load(repo / "models/synthetic-bi/joint/seed0/best.pt", weights_only=False)["train_cfg"]["epochs"] == 3
     shown = run(["dvc", "exp", "show", "--json"], repo).stdout
     assert "train.epochs" in shown or '"epochs": 3' in shown
+
+
+@pytest.mark.slow
+def test_bad_params_one_message_from_every_entry_point(tmp_path, monkeypatch):
+    """A typo under `train`: Snakemake, `dvc repro` (which runs Snakemake) and the CLI print the
+    package's one paragraph naming the key and the allowed keys, and nothing runs."""
+    repo = copy_repo(tmp_path / "repo")
+    text = (repo / "params.yaml").read_text()
+    (repo / "params.yaml").write_text(text.replace("\n  lr: ", "\n  lrr: ", 1))
+    monkeypatch.chdir(repo)
+    with pytest.raises(C.ParamsError) as e:
+        C.load("params.yaml")
+    message = C.error_text(e.value)
+    assert "train: unknown key(s) ['lrr']; allowed: [" in message and len(message.splitlines()) == 2
+
+    r = run(["snakemake", "-n"], repo, ok=False)
+    lines = [x for x in (r.stdout + r.stderr).splitlines() if not x.startswith("Using workflow specific profile")]
+    assert r.returncode != 0 and "\n".join(lines) == message
+    r = run([sys.executable, "-m", "dyncim", "validate"], repo, ok=False)
+    assert r.returncode == 2 and r.stderr.strip() == f"dyncim validate: {message}"
+    run(["git", "init", "-q"], repo)
+    r = run(["dvc", "repro"], repo, ok=False)
+    assert r.returncode != 0 and message in r.stdout + r.stderr
+    assert not (repo / "data").exists()
+
+    # a configuration file or --config entry is named in the message too
+    (repo / "params.yaml").write_text(text)
+    (repo / "bad.yaml").write_text("train: {epochz: 3}\n")
+    r = snakemake(repo, "-n", ok=False, configfiles=("bad.yaml",))
+    assert r.returncode != 0 and "error: params.yaml + bad.yaml: invalid parameters:\n  train: unknown key(s) ['epochz']" in r.stderr
+    r = snakemake(repo, "-n", "--config", "run={methods: [joint, ghost]}", ok=False)
+    assert r.returncode != 0 and f"error: params.yaml + {TINY} + --config: run.methods: 'ghost' is not defined" in r.stderr

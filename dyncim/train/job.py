@@ -1,11 +1,13 @@
 """One training job: a data configuration x method, every seed in one process.
 
 Importing torch costs over a second, so the pipeline runs one job per data configuration x
-method and this driver trains its seeds in turn; outputs stay per seed:
-  models/<data>/<method>/seed<S>/best.pt        best-on-validation weights of every part (declared output)
+method and this driver trains its seeds in turn; outputs stay per seed, under a root, where
+dyncim.paths puts them:
+  models/<data>/<method>/seed<S>/best.pt        best-on-validation weights of every part
   models/<data>/<method>/seed<S>/last[-<part>].pt resume checkpoint, also the last-epoch state
   runs/<data>/<method>/seed<S>[/<modality>]/     TensorBoard logs
   results/curves/<data>/<method>/seed<S>.csv    per-epoch history (DVC plots)
+and, written last, the job's declared output models/<data>/<method>/manifest.json.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from pathlib import Path
 import torch
 
 from .. import config as C
+from .. import paths
 from ..atomic import torch_save, write_json, write_text
 from ..data import features
 from ..methods import method_class
@@ -43,15 +46,15 @@ def pick_device(spec: str) -> torch.device:
 
 
 def run_paths(root: Path, data: str, method: str, seed: int) -> dict[str, Path]:
-    return {"model_dir": root / "models" / data / method / f"seed{seed}",
-            "runs": root / "runs" / data / method / f"seed{seed}",
-            "curves": root / "results" / "curves" / data / method / f"seed{seed}.csv"}
+    return {"model_dir": root / paths.seed_dir(data, method, seed),
+            "runs": root / paths.runs_dir(data, method, seed),
+            "curves": root / paths.curves_file(data, method, seed)}
 
 
 def train_seed(params: dict, data: str, method: str, seed: int, feats: features.FeatureSet,
                root: Path, device: torch.device) -> Path:
     mcfg, tcfg = C.method_config(params, method, data), C.train_config(params, data, method)
-    paths = run_paths(root, data, method, seed)
+    where = run_paths(root, data, method, seed)
     fingerprint = C.run_fingerprint(params, data, method) + code_version()
     parts = method_class(mcfg["type"]).parts(len(feats.names))
     saved, rows = [], []
@@ -59,8 +62,8 @@ def train_seed(params: dict, data: str, method: str, seed: int, feats: features.
         sub = feats.subset(modalities) if len(modalities) < len(feats.names) else feats
         name = "-".join(sub.names) if len(parts) > 1 else ""
         trainer = Trainer(sub, mcfg, tcfg, seed, device,
-                          ckpt_path=paths["model_dir"] / (f"last-{name}.pt" if name else "last.pt"),
-                          log_dir=paths["runs"] / name if name else paths["runs"],
+                          ckpt_path=root / paths.last_checkpoint(data, method, seed, name),
+                          log_dir=where["runs"] / name if name else where["runs"],
                           fingerprint=fingerprint, tag=f"data={data} method={method} seed={seed}"
                                                       + (f" part={name}" if name else ""))
         best = trainer.fit()
@@ -68,10 +71,10 @@ def train_seed(params: dict, data: str, method: str, seed: int, feats: features.
                       "best_epoch": best["epoch"], "best_val_acc": best["val_acc"], "state": best["state"],
                       "in_dims": [input_shape(v) for v in sub.views]})
         rows += [{"part": name or "all", **r} for r in trainer.history]
-    out = paths["model_dir"] / "best.pt"
+    out = root / paths.best_model(data, method, seed)
     torch_save({"data": data, "method": method, "seed": seed, "method_cfg": mcfg, "train_cfg": tcfg,
                 "n_classes": feats.n_classes, "names": feats.names, "parts": saved}, out)
-    _write_curves(paths["curves"], rows)
+    _write_curves(where["curves"], rows)
     return out
 
 
@@ -85,7 +88,8 @@ def _write_curves(path: Path, rows: list[dict]) -> None:
 
 
 def train_job(params: dict, data: str, method: str, seeds: list[int], features_path: Path,
-              root: Path = Path(".")) -> list[Path]:
+              root: Path = Path("."), manifest: Path | None = None) -> list[Path]:
+    """`params`: resolved params, or a train job's configuration (dyncim.config.train_job)."""
     torch.set_num_threads(params["threads"])
     device = pick_device(params["device"])
     feats = features.load(features_path)
@@ -93,9 +97,9 @@ def train_job(params: dict, data: str, method: str, seeds: list[int], features_p
     if len(feats.names) != want:
         raise ValueError(f"{features_path}: has {len(feats.names)} modalities, params.yaml's "
                          f"datasets.{data} has {want}; rerun the features step")
-    paths = [train_seed(params, data, method, s, feats, root, device) for s in seeds]
+    best = [train_seed(params, data, method, s, feats, root, device) for s in seeds]
     # The job's declared output, written last: it exists only when every seed is done.
-    write_json(root / "models" / data / method / "manifest.json",
-               {"data": data, "method": method, "seeds": {str(s): str(p) for s, p in zip(seeds, paths)}})
-    return paths
+    write_json(manifest or root / paths.manifest(data, method),
+               {"data": data, "method": method, "seeds": {str(s): str(p) for s, p in zip(seeds, best)}})
+    return best
 

@@ -1,48 +1,72 @@
-# Helpers shared by the rules: what to run, where things go, which code a job depends on.
+# Helpers shared by the rules: the resolved configuration, what to run, each job's configuration
+# (dyncim.config, passed as `--job`: canonical JSON, also the job's rerun trigger), where files go
+# (dyncim.paths) and the package code a job runs (dyncim.codedeps, declared as its inputs).
 import os
-import shutil
-from pathlib import Path
+import sys
 
-from dyncim.methods.catalog import CATALOG
+from snakemake.utils import update_config
 
+from dyncim import codedeps, paths
+from dyncim import config as dc
+
+
+def resolve_config():
+    """params.yaml, then `--configfile` files, then `--config` entries, as Snakemake merged them
+    into `config`. Bad values stop here with the package's message (the one the CLI prints).
+    """
+    settings = workflow.config_settings
+    update_config(config, dc.retype(dict(settings.config)))
+    sources = ["params.yaml", *map(os.path.relpath, settings.configfiles)]
+    try:
+        return dc.resolve(
+            config, " + ".join(sources + ["--config"] * bool(settings.config))
+        )
+    except dc.ParamsError as e:
+        sys.exit(dc.error_text(e))
+
+
+P = resolve_config()
 DATASETS = P["run"]["datasets"]
 METHODS = P["run"]["methods"]
-MFEAT_VIEWS = dc.MFEAT_VIEWS
+GPU = 1 if dc.cuda_expected(P["device"]) else 0
+
+# Jobs run `python -m dyncim`: the interpreter running Snakemake (the project's venv) comes first
+# on their PATH.
+os.environ.update(
+    PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+)
 
 
-def uses_cuda():
-    """Whether training jobs will use CUDA (decided without importing torch, which is slow)."""
-    dev = P["device"]
-    if dev == "cpu":
-        return False
-    if dev.startswith("cuda"):
-        return True
-    return shutil.which("nvidia-smi") is not None or os.path.exists("/dev/nvidia0")
+def job(build, *args):
+    """A params function: the canonical JSON of `build(P, wildcard values...)`."""
+    return lambda w: dc.job_json(build(P, *(w[a] for a in args)))
 
 
-GPU = 1 if uses_cuda() else 0
+def code(step, methods=()):
+    """Package files `python -m dyncim <step>` runs for these methods."""
+    return codedeps.step_files(step, [P["methods"][m]["type"] for m in methods])
 
 
-def split_name(data):
-    """mfeat configurations share one split of the 2000 digits; a synthetic set has its own."""
-    return "mfeat" if P["datasets"][data]["source"] == "mfeat" else data
+def mfeat_raw():
+    return [paths.raw_mfeat(v) for v in dc.MFEAT_VIEWS]
 
 
 def raw_inputs(data):
-    if P["datasets"][data]["source"] == "mfeat":
-        return [f"data/raw/mfeat/mfeat-{v}.csv" for v in MFEAT_VIEWS]
-    return []
+    return mfeat_raw() if P["datasets"][data]["source"] == "mfeat" else []
 
 
-def code(*paths):
-    """Package modules a job runs: declared as inputs so that a code change re-runs the job."""
-    return sorted({str(p) for pat in paths for p in Path(".").glob(pat)})
+def split_raw_inputs(wildcards):
+    return mfeat_raw() if wildcards.split == "mfeat" else []
 
 
-def method_code(method):
-    return code("dyncim/train/*.py", "dyncim/models/*.py", "dyncim/methods/base.py",
-                f"dyncim/methods/{CATALOG[P['methods'][method]['type']].module}.py")
+def seeds(method):
+    return P["methods"][method]["seeds"]
 
 
 def eval_outputs(data):
-    return [f"results/eval/{data}/{m}/seed{s}.json" for m in METHODS for s in P["methods"][m]["seeds"]]
+    return [paths.eval_file(data, m, s) for m in METHODS for s in seeds(m)]
+
+
+def parent_dir(path):
+    """A params function: the folder of `path` (a params string must not hard-code it)."""
+    return lambda w: os.path.dirname(path)

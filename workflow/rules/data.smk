@@ -1,57 +1,61 @@
 # Raw data, the fixed split and the compact feature file of each data configuration.
 
+
 rule download_mfeat:
-    output:
-        [f"data/raw/mfeat/mfeat-{v}.csv" for v in MFEAT_VIEWS],
     input:
-        code=["dyncim/data/download.py"],
+        code=code("download"),
+    output:
+        mfeat_raw(),
+    log:
+        paths.log_file("download_mfeat"),
+    params:
+        out=lambda w, output: os.path.dirname(output[0]),
     shell:
-        "{PY} -m dyncim download --source mfeat --out data/raw/mfeat"
-
-
-def split_source(wildcards):
-    """The data configuration whose labels define split `wildcards.split`."""
-    if wildcards.split == "mfeat":
-        return next(d for d, ds in P["datasets"].items() if ds["source"] == "mfeat")
-    return wildcards.split
+        "python -m dyncim download --source mfeat --out {params.out} > {log} 2>&1"
 
 
 rule split:
-    output:
-        "data/splits/{split}.csv",
     input:
-        raw=lambda w: raw_inputs(split_source(w)),
-        code=code("dyncim/data/splits.py", "dyncim/data/synthetic.py"),
+        raw=split_raw_inputs,
+        code=code("split"),
+    output:
+        paths.split_file("{split}"),
+    log:
+        paths.log_file("split", "{split}"),
     params:
-        data=split_source,
-        cfg=lambda w: json.dumps([P["split"], P["datasets"][split_source(w)].get("synthetic")], sort_keys=True),
+        job=job(dc.split_job, "split"),
     shell:
-        "{PY} -m dyncim split --data {params.data} --raw data/raw/mfeat --out {output}"
+        "python -m dyncim split --job {params.job:q} --out {output} > {log} 2>&1"
 
 
 rule features:
-    output:
-        "data/features/{data}.pt",
     input:
-        split=lambda w: f"data/splits/{split_name(w.data)}.csv",
+        split=lambda w: paths.split_file(dc.split_name(P, w.data)),
         raw=lambda w: raw_inputs(w.data),
-        code=code("dyncim/data/*.py"),
+        code=code("features"),
+    output:
+        paths.features_file("{data}"),
+    log:
+        paths.log_file("features", "{data}"),
     params:
-        cfg=lambda w: json.dumps({k: v for k, v in P["datasets"][w.data].items()
-                                     if k not in ("train", "method_train")}, sort_keys=True),
+        job=job(dc.features_job, "data"),
     shell:
-        "{PY} -m dyncim features --data {wildcards.data} --raw data/raw/mfeat "
-        "--split {input.split} --out {output}"
+        "python -m dyncim features --job {params.job:q} --split {input.split} --out {output} > {log} 2>&1"
 
 
 rule download_all:
     input:
-        [f"data/raw/mfeat/mfeat-{v}.csv" for v in MFEAT_VIEWS]
-        if any(P["datasets"][d]["source"] == "mfeat" for d in DATASETS) else [],
+        mfeat_raw()
+        if any(P["datasets"][d]["source"] == "mfeat" for d in DATASETS)
+        else [],
+    log:
+        paths.log_file("download_all"),
+    params:
+        raw=parent_dir(paths.RAW_MFEAT),
     shell:
-        "mkdir -p data/raw"  # DVC's download stage declares data/raw, even with nothing to download
+        "mkdir -p {params.raw} > {log} 2>&1"  # DVC's download stage declares data/raw, even with nothing to download
 
 
 rule features_all:
     input:
-        [f"data/features/{d}.pt" for d in DATASETS],
+        [paths.features_file(d) for d in DATASETS],

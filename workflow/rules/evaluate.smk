@@ -1,16 +1,22 @@
 # Test-split evaluation of every method and seed of a data configuration, one process per data
-# configuration (evaluation is cheap, process start-up is not); one JSON per run.
+# configuration (evaluation is cheap, process start-up is not); one JSON per run, in the order
+# of the job's run list.
+
 
 rule evaluate:
-    output:
-        [f"results/eval/{{data}}/{m}/seed{s}.json" for m in METHODS for s in P["methods"][m]["seeds"]],
     input:
-        features="data/features/{data}.pt",
-        models=lambda w: [f"models/{w.data}/{m}/manifest.json" for m in METHODS],
-        code=code("dyncim/evaluate.py", "dyncim/models/*.py", "dyncim/methods/*.py"),
+        features=paths.features_file("{data}"),
+        models=[paths.manifest("{data}", m) for m in METHODS],
+        code=code("evaluate", METHODS),
+    output:
+        [paths.eval_file("{data}", m, s) for m in METHODS for s in seeds(m)],
+    log:
+        paths.log_file("evaluate", "{data}"),
     threads: P["threads"]
+    params:
+        job=job(dc.evaluate_job, "data"),
     shell:
-        "{PY} -m dyncim evaluate --data {wildcards.data} --features {input.features}"
+        "python -m dyncim evaluate --job {params.job:q} --features {input.features} --out {output} > {log} 2>&1"
 
 
 rule evaluate_all:

@@ -1,23 +1,25 @@
 # One job per data configuration x method; the job trains every seed of the method in one
-# process (torch's import costs more than a small model's training), outputs per seed.
+# process (torch's import costs more than a small model's training). Its declared output is the
+# manifest, written last; the per-seed files go where dyncim.paths puts them.
+
 
 rule train:
-    output:
-        "models/{data}/{method}/manifest.json",
     input:
-        features="data/features/{data}.pt",
-        code=lambda w: method_code(w.method),
-    params:
-        fingerprint=lambda w: dc.run_fingerprint(P, w.data, w.method),
-        seeds=lambda w: " ".join(map(str, P["methods"][w.method]["seeds"])),
+        features=paths.features_file("{data}"),
+        code=lambda w: code("train", [w.method]),
+    output:
+        paths.manifest("{data}", "{method}"),
+    log:
+        paths.log_file("train", "{data}", "{method}"),
     threads: P["threads"]
     resources:
         gpu=GPU,
+    params:
+        job=job(dc.train_job, "data", "method"),
     shell:
-        "{PY} -m dyncim train --data {wildcards.data} --method {wildcards.method} "
-        "--seeds {params.seeds} --features {input.features}"
+        "python -m dyncim train --job {params.job:q} --features {input.features} --manifest {output} > {log} 2>&1"
 
 
 rule train_all:
     input:
-        [f"models/{d}/{m}/manifest.json" for d in DATASETS for m in METHODS],
+        [paths.manifest(d, m) for d in DATASETS for m in METHODS],

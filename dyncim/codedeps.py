@@ -1,0 +1,117 @@
+"""Which package files a pipeline step runs, derived from the package's own imports.
+
+The Snakefile declares these files as each job's inputs (a code change re-runs exactly the jobs
+that run that code); a test checks that dvc.yaml's stage dependencies cover them. Torch-free.
+
+A step `python -m dyncim <step>` runs: the package's `__init__`, `__main__` and the CLI with its
+module-level imports, plus the imports inside the CLI's `cmd_<step>` function (the CLI's other
+function-level imports run only by hand, without `--job`, or for another step). From there every
+`dyncim` import is followed, absolute or relative, at module level or inside functions (they
+run too), with the packages each module sits in. Methods are imported by name at run time
+(dyncim.methods.catalog): a step that trains or evaluates methods names their types.
+"""
+from __future__ import annotations
+
+import ast
+import functools
+from pathlib import Path
+
+PACKAGE = "dyncim"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def module_file(module: str) -> Path | None:
+    """The source file of a package module (`dyncim.a.b`), or None if it is not one."""
+    parts = module.split(".")
+    if parts[0] != PACKAGE:
+        return None
+    base = ROOT.joinpath(*parts)
+    if (base / "__init__.py").is_file():
+        return base / "__init__.py"
+    if base.with_suffix(".py").is_file():
+        return base.with_suffix(".py")
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _tree(module: str) -> ast.Module:
+    path = module_file(module)
+    return ast.parse(path.read_text(), str(path))
+
+
+def _walk(node, into_functions: bool):
+    for child in ast.iter_child_nodes(node):
+        if not into_functions and isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            continue
+        yield child
+        yield from _walk(child, into_functions)
+
+
+def _imported(module: str, nodes) -> set[str]:
+    """Package modules named by the import statements among `nodes` of `module`."""
+    is_pkg = module_file(module).name == "__init__.py"
+    here = module.split(".") if is_pkg else module.split(".")[:-1]
+    found = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = ".".join(here[:len(here) - node.level + 1] + ([node.module] if node.module else []))
+            else:
+                base = node.module
+            found.add(base)
+            found.update(f"{base}.{a.name}" for a in node.names)  # `from pkg import submodule`
+    return {m for m in found if module_file(m) is not None}
+
+
+def imports(module: str, into_functions: bool = True) -> set[str]:
+    """Package modules `module` imports (with `into_functions`, also inside its functions)."""
+    return _imported(module, _walk(_tree(module), into_functions))
+
+
+def _with_packages(modules) -> set[str]:
+    """Importing a.b.c runs a/__init__ and a/b/__init__ first."""
+    out = set()
+    for m in modules:
+        parts = m.split(".")
+        out.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return out
+
+
+def closure(modules, module_level=()) -> set[str]:
+    """Every package module that importing `modules` runs; of the `module_level` ones, only
+    their module-level imports count."""
+    todo, seen = list(_with_packages(modules)), set()
+    while todo:
+        m = todo.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        todo.extend(_with_packages(imports(m, into_functions=m not in module_level)) - seen)
+    return seen
+
+
+def step_modules(step: str) -> set[str]:
+    """The modules `python -m dyncim <step>` imports before it loads any method."""
+    cli = f"{PACKAGE}.cli"
+    fn = next((n for n in _tree(cli).body if isinstance(n, ast.FunctionDef) and n.name == f"cmd_{step}"), None)
+    if fn is None:
+        raise ValueError(f"{cli} has no cmd_{step}: not a step")
+    return closure({f"{PACKAGE}.__main__", cli} | _imported(cli, _walk(fn, True)), module_level={cli})
+
+
+def method_modules(types) -> set[str]:
+    from .methods.catalog import CATALOG
+    return closure(f"{PACKAGE}.methods.{CATALOG[t].module}" for t in types)
+
+
+@functools.lru_cache(maxsize=None)
+def _files(step: str, types: tuple) -> tuple[str, ...]:
+    mods = step_modules(step) | method_modules(types)
+    return tuple(sorted(module_file(m).relative_to(ROOT).as_posix() for m in mods))
+
+
+def step_files(step: str, method_types=()) -> list[str]:
+    """Package files (relative to the project root) a step runs, with the given method types'."""
+    return list(_files(step, tuple(sorted(set(method_types)))))

@@ -1,0 +1,67 @@
+"""Where every step's files go: the one place the path conventions are written down.
+
+Torch-free (the Snakefile imports it). Each function returns a path relative to the project root
+as a string; given `"{data}"`-style arguments it returns the matching Snakemake pattern. The CLI
+and the package join these to a root (`--root`, default: the current folder).
+"""
+from __future__ import annotations
+
+RAW_MFEAT = "data/raw/mfeat"
+
+
+def raw_mfeat(view: str) -> str:
+    return f"{RAW_MFEAT}/mfeat-{view}.csv"
+
+
+def split_file(split: str) -> str:
+    """A split is shared by the data configurations that use the same samples (all mfeat ones)."""
+    return f"data/splits/{split}.csv"
+
+
+def features_file(data: str) -> str:
+    return f"data/features/{data}.pt"
+
+
+def model_dir(data: str, method: str) -> str:
+    return f"models/{data}/{method}"
+
+
+def manifest(data: str, method: str) -> str:
+    """A training job's declared output, written when every seed is done."""
+    return f"{model_dir(data, method)}/manifest.json"
+
+
+def seed_dir(data: str, method: str, seed) -> str:
+    return f"{model_dir(data, method)}/seed{seed}"
+
+
+def best_model(data: str, method: str, seed) -> str:
+    """Best-on-validation weights of every part of a run."""
+    return f"{seed_dir(data, method, seed)}/best.pt"
+
+
+def last_checkpoint(data: str, method: str, seed, part: str = "") -> str:
+    """A run's resume checkpoint (per part for methods that train parts apart)."""
+    return f"{seed_dir(data, method, seed)}/last{'-' + part if part else ''}.pt"
+
+
+def runs_dir(data: str, method: str, seed) -> str:
+    """TensorBoard logs of a run (a subfolder per part where parts train apart)."""
+    return f"runs/{data}/{method}/seed{seed}"
+
+
+def curves_file(data: str, method: str, seed) -> str:
+    """Per-epoch history of a run (DVC plots)."""
+    return f"results/curves/{data}/{method}/seed{seed}.csv"
+
+
+def eval_file(data: str, method: str, seed) -> str:
+    return f"results/eval/{data}/{method}/seed{seed}.json"
+
+
+SUMMARY = {"md": "results/summary.md", "csv": "results/summary.csv", "json": "results/summary.json"}
+
+
+def log_file(rule: str, *wildcards) -> str:
+    """A Snakemake job's stdout and stderr."""
+    return "/".join(["logs", rule, *map(str, wildcards)]) + ".log"
