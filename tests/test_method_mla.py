@@ -119,7 +119,10 @@ def test_projected_head_gradient_is_orthogonal_to_the_stored_direction():
     alpha = 1e-9
     p1 = torch.eye(4) - r0.t() @ r0 / (alpha + float(r0 @ r0.t()))
     p1 = p1 / p1.norm()
-    assert torch.allclose(w.grad, g1 @ p1.t(), atol=1e-6)
+    # float32 (the projector is the method's float32 state): a tolerance scaled to the gradient's
+    # size, ~100 times the rounding of another summation order, far below a missing term's effect
+    want = g1 @ p1.t()
+    torch.testing.assert_close(w.grad, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
     cos = (w.grad @ r0.t()).abs().squeeze(1) / (w.grad.norm(dim=1) * r0.norm())
     assert float(cos.max()) < 1e-5                 # every row orthogonal to the stored direction
     assert float((g1 @ r0.t()).abs().max()) > 1.0  # and it was not before

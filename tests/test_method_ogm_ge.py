@@ -22,9 +22,14 @@ def ctx(n=2, classes=3):
                    steps_per_epoch=4, device=torch.device("cpu"))
 
 
+# The formula tests run in float64 against plain-Python doubles, with tolerances far below any
+# wrong formula's effect: float32 softmax/tanh kernels differ between CPUs by a few ulps.
+F64 = {"dtype": torch.float64}
+
+
 def test_coefficients_two_modalities_match_paper_formula():
-    za = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.5, 0.5, 3.0], [1.0, 0.0, 0.0]])
-    zv = torch.tensor([[0.0, 0.2, 0.0], [0.3, 0.0, 0.0], [0.0, 0.0, 0.1], [0.0, 0.0, 1.0]])
+    za = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.5, 0.5, 3.0], [1.0, 0.0, 0.0]], **F64)
+    zv = torch.tensor([[0.0, 0.2, 0.0], [0.3, 0.0, 0.0], [0.0, 0.0, 0.1], [0.0, 0.0, 1.0]], **F64)
     y = torch.tensor([0, 1, 2, 0])
 
     def score(z):  # sum_i softmax(z_i)[y_i], written out in plain Python
@@ -33,21 +38,21 @@ def test_coefficients_two_modalities_match_paper_formula():
 
     s_a, s_v = score(za), score(zv)
     scores = confidence_scores([za, zv], y)
-    assert scores.tolist() == pytest.approx([s_a, s_v], rel=1e-6)
+    assert scores.tolist() == pytest.approx([s_a, s_v], rel=1e-12)
     ratio, k = ogm_coefficients(scores, 0.8)
     rho_a = s_a / s_v
     assert rho_a > 1  # audio is the confident one here
-    assert ratio.tolist() == pytest.approx([rho_a, 1 / rho_a], rel=1e-6)
+    assert ratio.tolist() == pytest.approx([rho_a, 1 / rho_a], rel=1e-12)
     # Eq. (10): k = 1 - tanh(alpha rho) for the dominant modality, 1 for the other
-    assert k.tolist() == pytest.approx([1 - math.tanh(0.8 * rho_a), 1.0], rel=1e-5)
+    assert k.tolist() == pytest.approx([1 - math.tanh(0.8 * rho_a), 1.0], rel=1e-10)
 
 
 def test_three_modalities_compare_with_mean_of_others():
-    scores = torch.tensor([6.0, 3.0, 1.0])
+    scores = torch.tensor([6.0, 3.0, 1.0], **F64)
     ratio, k = ogm_coefficients(scores, 0.5)
     expect = [6 / 2.0, 3 / 3.5, 1 / 4.5]
-    assert ratio.tolist() == pytest.approx(expect)
-    assert k.tolist() == pytest.approx([1 - math.tanh(0.5 * 3.0), 1.0, 1.0])
+    assert ratio.tolist() == pytest.approx(expect, rel=1e-12)
+    assert k.tolist() == pytest.approx([1 - math.tanh(0.5 * 3.0), 1.0, 1.0], rel=1e-12)
 
 
 def _step(method, model, xs, y):
@@ -67,11 +72,12 @@ def _batch(seed=0, n=32):
 
 
 def test_encoder_weight_gradients_scaled_by_exactly_the_coefficient():
-    torch.manual_seed(0)
-    model = build_model([5, 4], 3, "concat", {"hidden": [8], "dropout": 0.0})
+    torch.manual_seed(0)      # float64: k is compared with a double-precision formula
+    model = build_model([5, 4], 3, "concat", {"hidden": [8], "dropout": 0.0}).double()
     m = OGMGE(dict(PARAMS), ctx())
     m.begin_epoch(at_epoch(0))
     xs, y = _batch()
+    xs = [x.double() for x in xs]
     out, before = _step(m, model, xs, y)
     # independent: per-modality logits from the concat head's weight slices + half the bias
     w, b = model.fusion.fc.weight.detach(), model.fusion.fc.bias.detach()
@@ -84,7 +90,7 @@ def test_encoder_weight_gradients_scaled_by_exactly_the_coefficient():
     for name, p in model.named_parameters():
         if name.startswith("encoders.") and p.dim() >= 2:
             mod = int(name.split(".")[1])
-            torch.testing.assert_close(p.grad, before[name] * k[mod], rtol=1e-5, atol=1e-8)
+            torch.testing.assert_close(p.grad, before[name] * k[mod], rtol=1e-10, atol=0)
         else:  # biases and the fusion head keep their gradient
             torch.testing.assert_close(p.grad, before[name], rtol=0, atol=0)
 

@@ -49,15 +49,20 @@ def hand_softmax(z):
     return [[math.exp(v) / sum(math.exp(u) for u in r) for v in r] for r in z]
 
 
+# The loss tests run in float64 against plain-Python doubles: float32 distances, softmax and logs
+# differ between CPUs by a few ulps, float64 leaves tolerances far below any wrong term's effect.
+F64 = {"dtype": torch.float64}
+
+
 def make(params, n=2):
     m = PMR({**PARAMS, **params}, ctx(n))
     m.epoch = 0
-    m.protos = [torch.tensor(CA), torch.tensor(CV)]
+    m.protos = [torch.tensor(CA, **F64), torch.tensor(CV, **F64)]
     return m
 
 
 def output():
-    return Output([torch.tensor(HA), torch.tensor(HV)], [], torch.tensor(FUSED))
+    return Output([torch.tensor(HA, **F64), torch.tensor(HV, **F64)], [], torch.tensor(FUSED, **F64))
 
 
 def test_class_prototypes_are_class_means():
@@ -80,8 +85,8 @@ def test_prototype_ce_loss_equals_hand_computation(rule):
     else:
         beta_v = 2.0
     want = hand_ce(hand_softmax(FUSED), Y) + beta_v * hand_ce(pv, Y)
-    assert float(loss) == pytest.approx(want, rel=1e-5)
-    torch.testing.assert_close(logits, torch.tensor(FUSED))
+    assert float(loss) == pytest.approx(want, rel=1e-12)
+    torch.testing.assert_close(logits, torch.tensor(FUSED, **F64))
 
 
 def test_entropy_regularisation_and_its_schedule():
@@ -97,18 +102,18 @@ def test_entropy_regularisation_and_its_schedule():
         res = m.loss(None, output(), y, None)
         loss, _ = res.loss, res.logits
         want = base - 0.5 * gamma_a * ent_a if with_per else base
-        assert float(loss) == pytest.approx(want, rel=1e-5), epoch
+        assert float(loss) == pytest.approx(want, rel=1e-12), epoch
     m.epoch = 101   # past modulation_ends: the fused cross-entropy alone
     res = m.loss(None, output(), y, None)
     loss, _ = res.loss, res.logits
-    assert float(loss) == pytest.approx(hand_ce(hand_softmax(FUSED), Y), rel=1e-6)
+    assert float(loss) == pytest.approx(hand_ce(hand_softmax(FUSED), Y), rel=1e-12)
 
 
 def test_gradient_pulls_only_the_slow_modality_towards_its_prototypes():
     m = make({"alpha": 1.0})
-    ha = torch.tensor(HA, requires_grad=True)
-    hv = torch.tensor(HV, requires_grad=True)
-    res = m.loss(None, Output([ha, hv], [], torch.tensor(FUSED)), torch.tensor(Y), None)
+    ha = torch.tensor(HA, **F64, requires_grad=True)
+    hv = torch.tensor(HV, **F64, requires_grad=True)
+    res = m.loss(None, Output([ha, hv], [], torch.tensor(FUSED, **F64)), torch.tensor(Y), None)
     loss, _ = res.loss, res.logits
     loss.backward()
     assert ha.grad is None or torch.count_nonzero(ha.grad) == 0

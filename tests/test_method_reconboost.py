@@ -15,6 +15,9 @@ CFG = {"type": "reconboost", "epochs_per_stage": 4, "correct_epochs": 4, "weight
        "weight2": 1.0, "boost_rate": 1.0, "shared_head": True, "reset_optimizer": True}
 
 
+F64 = {"dtype": torch.float64}
+
+
 def make(n_mod=2, **over):
     names = ["a", "b", "c"][:n_mod]
     method = ReconBoost({**CFG, **over}, Context(names=names, n_classes=3, n_samples=8, epochs=10,
@@ -46,33 +49,46 @@ def test_boosting_loss_by_hand():
         # per sample, mean over the 3 classes: only the true class is non-zero
         expected += (-5.0 * math.log(pa) + 1.0 * pe * math.log(pa)) / 3
     expected /= 2
-    out = Output([None, None], [torch.tensor(za), torch.tensor(zb)], torch.zeros(2, 3))
+    # float64 against plain-Python doubles: float32 kernels differ between CPUs by a few ulps
+    out = Output([None, None], [torch.tensor(za, **F64), torch.tensor(zb, **F64)], torch.zeros(2, 3, **F64))
     loss = method.loss(model, out, torch.tensor(y), None).loss
-    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
     # the same loss, written as (1/C) [w1 CE - w2 KL(q || p_a)] + (1/C) w2 sum q log q, q = y * p_ens
-    za_t, zb_t, y_t = torch.tensor(za), torch.tensor(zb), torch.tensor(y)
+    za_t, zb_t, y_t = torch.tensor(za, **F64), torch.tensor(zb, **F64), torch.tensor(y)
     q = torch.nn.functional.one_hot(y_t, 3) * torch.softmax(1.5 * zb_t, 1)
     logp = torch.log_softmax(za_t, 1)
     kl = (q * (torch.log(q.clamp_min(1e-30)) - logp)).sum(1)
     ent = (q * torch.log(q.clamp_min(1e-30))).sum(1)
     alt = ((5.0 * -logp.gather(1, y_t[:, None])[:, 0] - 1.0 * kl + 1.0 * ent) / 3).mean()
-    assert loss.item() == pytest.approx(alt.item(), rel=1e-6)
+    assert loss.item() == pytest.approx(alt.item(), rel=1e-12)
 
 
 def test_first_stage_has_no_ensemble_and_rectification_is_ensemble_ce():
     method, model = make(2)
     method.begin_epoch(view(0, model))
-    za = torch.tensor([[1.0, 0.0, -1.0], [0.5, 2.0, 0.0]])
-    zb = torch.tensor([[0.0, 1.0, 0.0], [-1.0, 0.0, 1.0]])
+    za = torch.tensor([[1.0, 0.0, -1.0], [0.5, 2.0, 0.0]], **F64)
+    zb = torch.tensor([[0.0, 1.0, 0.0], [-1.0, 0.0, 1.0]], **F64)
     y = torch.tensor([2, 1])
-    out = Output([None, None], [za, zb], torch.zeros(2, 3))
+    out = Output([None, None], [za, zb], torch.zeros(2, 3, **F64))
     loss = method.loss(model, out, y, None).loss
     pa = torch.softmax(za, 1)[[0, 1], y]
-    assert loss.item() == pytest.approx(((1.0 - 5.0) * torch.log(pa)).mean().item() / 3, rel=1e-6)
+    assert loss.item() == pytest.approx(((1.0 - 5.0) * torch.log(pa)).mean().item() / 3, rel=1e-12)
     method.begin_epoch(view(4, model))               # stage 0 rectification: members {a}
     out = method.forward(model, [torch.randn(2, 5), torch.randn(2, 4)], None)
     loss = method.loss(model, out, y, None).loss
     assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(out.logits[0], y).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("n_mod, order", [(2, "ABABA"), (3, "ABCAB")])
+def test_forty_epochs_are_five_stages(n_mod, order):
+    # docs/baselines.md: 40 epochs of 4 + 4 are 5 whole stages; with three modalities the third
+    # gets one boosting phase and joins the ensemble at epoch 16
+    method, _ = make(n_mod)
+    sched = [method.schedule(e) for e in range(40)]
+    assert [s[0] for s in sched] == [e // 8 for e in range(40)]
+    assert "".join("ABC"[sched[8 * s][2]] for s in range(5)) == order
+    boosting = [e for e, s in enumerate(sched) if s[1] and s[2] == n_mod - 1]
+    assert boosting == ([8, 9, 10, 11, 24, 25, 26, 27] if n_mod == 2 else [16, 17, 18, 19])
 
 
 @pytest.mark.parametrize("n_mod, per, cor, expected", [

@@ -59,7 +59,9 @@ def test_diagnosis_on_known_clusters():
                                  n_classes=3, move_lambda=3.0)
     assert p_tr.tolist() == pytest.approx([28 / 30, 28 / 30])
     assert p_va.tolist() == pytest.approx([21 / 30, 21 / 30])
-    assert alpha.tolist() == pytest.approx([math.tanh(3.0 * 7 / 30)] * 2, rel=1e-6)
+    # float32 tanh: kernels differ between CPUs by an ulp or two (1e-5 is ~80 ulps, far below any
+    # wrong formula's effect); the purities are exact fractions, correctly rounded on every CPU
+    assert alpha.tolist() == pytest.approx([math.tanh(3.0 * 7 / 30)] * 2, rel=1e-5)
     # no train-val gap, no re-initialisation
     truth = torch.arange(3).repeat_interleave(10)
     _, _, alpha0 = diagnose([f_tr], truth, [f_va], truth, n_classes=3, move_lambda=3.0)
@@ -87,11 +89,43 @@ def test_reinit_moves_alpha_of_the_way_back(names):
     assert all(torch.equal(p, q) for p, q in zip(model.fusion.parameters(), head))   # head untouched
 
 
-def test_schedule_follows_official_epochs():
-    method = Relearning(CFG, ctx())
-    assert [e for e in range(200) if method.due(e)] == [20, 40, 60]
+def schedule(cfg, epochs):
+    method = Relearning(cfg, ctx(epochs=epochs))
+    return [e for e in range(epochs) if method.due(e)]
 
 
+@pytest.mark.parametrize("epochs, expected", [(40, [10, 20, 30]), (60, [15, 30, 45]), (90, [22, 44, 66]),
+                                              (41, [10, 20, 30]), (4, [1, 2, 3]), (7, [1, 2, 3])])
+def test_period_follows_the_run_length_so_every_reinitialisation_happens(epochs, expected):
+    cfg = {**CFG, "reinit_every": None, "reinit_times": 3}
+    assert schedule(cfg, epochs) == expected
+    # T = epochs // (reinit_times + 1): evenly spaced, the last at least T epochs before the end
+    assert len(expected) == 3 and epochs - expected[-1] >= expected[0]
+
+
+def test_period_follows_the_run_length_other_counts_and_short_runs():
+    assert schedule({**CFG, "reinit_every": None, "reinit_times": 2}, 40) == [13, 26]
+    assert schedule({**CFG, "reinit_every": None, "reinit_times": 1}, 40) == [20]
+    assert schedule({**CFG, "reinit_every": None, "reinit_times": 0}, 40) == []
+    # shorter than reinit_times + 1 epochs: every epoch after the first, fewer than asked
+    assert schedule({**CFG, "reinit_every": None, "reinit_times": 3}, 3) == [1, 2]
+
+
+def test_explicit_period_is_the_official_fixed_schedule():
+    # ours.sh: --epochs 90 --reinit_epoch 20 --reinit_num 3 -> after epochs 20, 40, 60 (80 is past reinit_num)
+    assert schedule(CFG, 90) == [20, 40, 60]
+    assert schedule(CFG, 200) == [20, 40, 60]
+    # the fixed period cuts a shorter run's schedule short (the reason for the derived default)
+    assert schedule(CFG, 40) == [20]
+    assert schedule(CFG, 60) == [20, 40]
+    with pytest.raises(ValueError, match="reinit_every"):
+        Relearning({**CFG, "reinit_every": 0}, ctx())
+
+
+def test_schema_default_is_the_derived_period():
+    from dyncim.config import load_schema
+    props = load_schema()["$defs"]["method_relearning"]["properties"]
+    assert props["reinit_every"]["default"] is None and props["reinit_times"]["default"] == 3
 
 
 def make_trainer(tmp_path, monkeypatch, cfg, n_mod=2, epochs=3):
@@ -114,6 +148,17 @@ def test_on_epoch_end_reinitialises_with_the_diagnosed_alpha(tmp_path, monkeypat
     for m, enc in enumerate(tr.model.encoders):
         for p, p_cur, p0 in zip(enc.parameters(), before[m], tr.method.init[m]):
             assert torch.allclose(p, (1 - alpha[m]) * p_cur + alpha[m] * p0, atol=1e-6)
+
+
+def test_training_reinitialises_reinit_times_times_with_the_derived_period(tmp_path, monkeypatch):
+    cfg = {**CFG, "reinit_every": None, "reinit_times": 2}
+    tr = make_trainer(tmp_path, monkeypatch, cfg, epochs=7)          # T = 7 // 3 = 2
+    done = []
+    reinit = tr.method.reinit
+    monkeypatch.setattr(tr.method, "reinit", lambda model, alpha: (done.append(tr.method.epoch),
+                                                                   reinit(model, alpha)))
+    tr.fit()
+    assert done == [2, 4] and tr.method.last["epoch"] == 4
 
 
 @pytest.mark.parametrize("n_mod", [2, 3])

@@ -26,11 +26,19 @@ Epochs: the official loop counts epochs from 1 and modulates when starts <= epoc
 first 20 epochs).
 
 Deviations from the official code (also listed in docs/baselines.md):
-- The official code runs the zero-padded passes as whole extra forwards of the network in eval
-  mode (dropout off) while f(all) runs in train mode. Here every f(S) reuses the training-mode
-  features of the present modalities and only the encoders of zeroed modalities run (once, on a
-  single zero row, in eval mode): identical without dropout (our default), cheaper with it, and
-  the Shapley parts then add up to the training forward exactly.
+- Zero-padded passes. The official GradMod.forward runs f(all) in train mode, then puts the
+  whole network in eval mode for every f(S), S a proper subset (each a full forward on inputs
+  with the modalities outside S zeroed, gradients kept), and back in train mode. Where no encoder
+  and no fusion module holds BatchNorm or dropout (`mode_dependent`; the default MLP encoders
+  with dropout 0), train and eval mode compute the same function, and we reuse the training-mode
+  features of the present modalities and run only each zeroed modality's encoder once, on a single
+  zero row, in eval mode (a cheaper computation of the same f(S); the Shapley parts then add up
+  to the training forward exactly). With BatchNorm or dropout (the ResNet-18 encoders), the
+  official passes run: after the train-mode forward (which alone updates the BatchNorm running
+  statistics, once per step), the model goes to eval mode, every encoder runs once on its real
+  inputs and once on a zero row, the fusion module forms each f(S) from these eval-mode features,
+  and every module's mode is restored; this is the official result with M + M encoder passes
+  instead of (2^M - 1) M.
 - Outside the modulation window the official hooks keep the last coefficients set inside it
   (update_scale is not called there, the hooks still fire), so modulation never really stops
   after `modulation_ends`; we use coefficient 1 outside the window.
@@ -49,9 +57,18 @@ import math
 
 import torch
 from torch.nn import functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.dropout import _DropoutNd
 
 from ..models.multimodal import Output
 from .base import Method, StepResult
+
+
+def mode_dependent(model) -> bool:
+    """Whether an encoder or the fusion module computes differently in train and eval mode
+    (BatchNorm: batch vs running statistics; dropout)."""
+    return any(isinstance(m, (_BatchNorm, _DropoutNd))
+               for part in (model.encoders, model.fusion) for m in part.modules())
 
 
 def coalition_outputs(model, feats: list[torch.Tensor], zero_feats: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -109,6 +126,8 @@ class AGM(Method):
 
     # --- per step -----------------------------------------------------------------------------
     def forward(self, model, xs, idx):
+        if mode_dependent(model):
+            return self.forward_eval_mode_passes(model, xs)
         feats = model.encode(xs)
         zero_feats = []
         for enc, x, h in zip(model.encoders, xs, feats):
@@ -120,6 +139,25 @@ class AGM(Method):
         outs = coalition_outputs(model, feats, zero_feats)
         mono = shapley_mono(outs, len(feats))
         return Output(feats, mono, outs[-1])
+
+    @staticmethod
+    def forward_eval_mode_passes(model, xs):
+        """The official passes for models with BatchNorm or dropout: f(all) in the model's (train)
+        mode, every other f(S) with the whole model in eval mode (see the module docstring)."""
+        feats = model.encode(xs)                         # train mode: updates BatchNorm statistics
+        fused = model.fusion(feats)[0]
+        modes = [(m, m.training) for m in model.modules()]
+        model.eval()
+        try:
+            present = model.encode(xs)
+            zero = [enc(torch.zeros(1, *x.shape[1:], dtype=x.dtype, device=x.device)).expand_as(h)
+                    for enc, x, h in zip(model.encoders, xs, present)]
+            outs = coalition_outputs(model, present, zero)[:-1]
+        finally:
+            for m, training in modes:
+                m.training = training
+        mono = shapley_mono(outs + [fused], len(feats))
+        return Output(feats, mono, fused)
 
     def loss(self, model, out, y, idx):
         mono = out.logits

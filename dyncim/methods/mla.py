@@ -39,7 +39,13 @@ Deviations from the official code (also in docs/baselines.md):
     on the batch composition); we use per-sample entropies over classes, as in the paper;
   - `alternate: step` is an option of ours (one modality per loop step); with `alternate: batch`
     the extra optimiser steps are taken inside `backward` with the run's optimiser (kept from
-    `on_epoch_start`), since the hooks have no per-batch sub-step.
+    `on_epoch_start`), since the hooks have no per-batch sub-step;
+  - extra optimiser steps of the official code: it pins torch 1.8.1, whose `zero_grad()` zeroes
+    gradients rather than clearing them, and deletes them only at the end of each batch, so an
+    encoder already updated in the batch keeps a zero gradient and SGD (momentum 0.9, weight decay
+    1e-4) steps it again at every later update of the batch (momentum and weight decay, no new
+    gradient): encoder m gets M-1-m extra steps per batch (two modalities: the first modality's
+    encoder one). We clear gradients (set_to_none), one step per encoder per batch.
 
 Hooks (dyncim/methods/base.py says when each fires): setup (the shared head); forward (one modality
 per step with alternate: step); loss; backward (one update per modality: the first M-1 optimiser

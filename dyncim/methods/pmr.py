@@ -28,9 +28,14 @@ Deviations from the official code (also listed in docs/baselines.md):
   other) and has no entropy regularisation; the paper defines beta = alpha * clip(rho - 1, 0, 1)
   and PER. We default to the paper (`coefficient: clip`, `mu` > 0) and keep `binary` selectable.
   PER's mu = 0.01 and 10 epochs are not in the official code: they are GeWu-Lab/BalanceBenchmark's
-  PMR settings. The entropy is averaged over the batch and taken of each modality's own
-  prototype prediction (BalanceBenchmark sums it over the batch and, by a bug, evaluates the
-  dominant modality's features against every modality's prototypes).
+  PMR settings of late 2024 (`mu: 0.01`, `norm_epoch: 10` in configs/trainer_config.yaml at
+  commit 01458a1, 2024-11-26; both there from 470891f, 2024-11-05, to ed3c41a, 2025-02-10). The
+  entropy is averaged over the batch and taken of each modality's own prototype prediction;
+  BalanceBenchmark's PMR_trainer.py at 01458a1 (also 460681f, 470891f) sums it over the batch and,
+  by a bug, evaluates the dominant modality's features against every modality's prototypes. Its
+  current code (4c1482f, 2025-02-23; the trainer last changed in 39ed569) has no entropy term
+  (dropped from the loss at 59c3446, 2024-11-28), the binary coefficient and other defaults
+  (alpha 0.6, momentum_coef 0.5, modulation epochs 0-80).
 - Prototypes come from the whole training split; the official code uses the first tenth of the
   shuffled training batches (CREMA-D, Kinetics-Sounds) for speed. A class with no training
   sample gets a zero prototype (the official code divides by zero).

@@ -41,7 +41,11 @@ Deviations from the official code (also in docs/baselines.md):
 - The official script runs up to 1001 stages with a learning-rate x0.1 every 30 stages
   (CREMA-D), a separate learning rate per phase (m_lr, e_lr, both 0.01) and weight decay 5e-4;
   we use the shared training configuration (epochs, one learning rate and schedule, weight decay),
-  so a run holds epochs / (epochs_per_stage + correct_epochs) stages (7.5 with the defaults).
+  so a run holds epochs / (epochs_per_stage + correct_epochs) stages: 5 with 40 epochs and the
+  defaults (4 + 4), active learners A, B, A, B, A for two modalities and A, B, C, A, B for three,
+  where the third modality gets one boosting phase (epochs 16-19), enters the ensemble only at
+  epoch 16 and is otherwise trained only in the rectification phases (a length that is not a
+  multiple of the stage length ends in a partial stage).
 - The official `train_MSA.py` (three modalities) cannot run as released: `schedule_model` has no
   branch for dataset 'MSA' and returns None; we use its round-robin (`stage % 3`) of the MOSEI
   branch for every M.

@@ -5,9 +5,10 @@ Wei, Li, Feng and Hu, "Diagnosing and Re-learning for Balanced Multimodal Learni
 
 Mechanism. Training is plain joint training (one cross-entropy on the fused prediction of a
 concat head; the official `ours.py` adds no unimodal loss: its `head_audio` / `head_video` are
-never used). After the epochs reinit_every, 2 reinit_every, ... (0-based epoch counter, epoch 0
-excluded, at most reinit_times of them, exactly the official `epoch % reinit_epoch == 0 and
-epoch > 0` with `flag_reinit <= reinit_num`):
+never used). After the epochs T, 2T, ..., reinit_times T (0-based epoch counter, epoch 0
+excluded), with the period T = reinit_every when set, else T = epochs // (reinit_times + 1), so
+that the reinit_times re-initialisations happen whatever the run's length (see the schedule
+below):
   1. diagnose: for every modality m, the encoder's features h^m of the training set and of the
      validation set are each min-max scaled to [-1, 1] per feature (fitted on that set), clustered
      by k-means into n_classes clusters, and scored by clustering purity P (the fraction of samples
@@ -19,6 +20,18 @@ epoch > 0` with `flag_reinit <= reinit_num`):
      theta <- (1 - alpha_m) theta + alpha_m theta_init (the fusion head is left alone, as in the
      official code); the initial values are stored by `setup` and kept in the method's state.
 Any number of modalities: the diagnosis and the re-initialisation are per modality.
+
+Schedule. The official loop re-initialises after every 0-based epoch with `epoch % reinit_epoch
+== 0 and epoch > 0` while `flag_reinit <= reinit_num`, with a fixed period: its run (ours.sh:
+90 epochs, reinit_epoch 20, reinit_num 3) re-initialises after epochs 20, 40 and 60 (80 is past
+reinit_num), but the same period in a 40-epoch run gives only one re-initialisation (after epoch
+20) and in 60 epochs two. By default (reinit_every null) the period follows the run: T = epochs
+// (reinit_times + 1): the re-initialisations come T epochs apart, the last followed by
+T - 1 + epochs mod (reinit_times + 1) more epochs, so every configured re-initialisation
+happens: 40 epochs -> 10, 20, 30; 60 -> 15, 30, 45; 90 -> 22, 44, 66 (the official run, with
+its fixed period: 20, 40, 60, followed by 29 epochs). A run shorter than reinit_times + 1 epochs
+gets T = 1 and only epochs - 1 re-initialisations. An explicit reinit_every is the official
+fixed period (reinit_every 20 with 90 epochs is the official run exactly).
 
 Deviations from the official code (also in docs/baselines.md):
 - k-means: the official code calls scikit-learn's KMeans(n_clusters, random_state=0) with its
@@ -41,8 +54,9 @@ Deviations from the official code (also in docs/baselines.md):
   (it assigns `param.data`); stated because one might expect a reset.
 - Optimiser, learning rate, epochs and schedule come from the shared training configuration
   (official CREMA-D run: SGD lr 2e-3, momentum 0.9, weight decay 1e-4, batch 64, 90 epochs and
-  no learning-rate schedule: `ours.py` parses lr_decay_step but never builds a scheduler). With
-  60 epochs the re-initialisations come after epochs 20 and 40 only (90 give 20, 40, 60).
+  no learning-rate schedule: `ours.py` parses lr_decay_step but never builds a scheduler).
+- Re-initialisation period: derived from the run's length by default (the schedule above); the
+  official code fixes it (--reinit_epoch 20 for its 90 epochs), which shorter runs cut short.
 
 Hooks (dyncim/methods/base.py says when each fires): setup (keeps the initial encoder weights);
 on_epoch_end (diagnosis by k-means purity on train and val, run.evaluate, then the partial re-
@@ -127,8 +141,11 @@ def diagnose(train_feats, train_y, val_feats, val_y, n_classes: int, move_lambda
 class Relearning(Method):
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
-        if cfg["reinit_every"] < 1:
-            raise ValueError("relearning: reinit_every must be >= 1")
+        every = cfg.get("reinit_every")
+        if every is not None and every < 1:
+            raise ValueError("relearning: reinit_every must be >= 1 (or null: from the run's length)")
+        # the re-initialisation period T: explicit, or the run split into reinit_times + 1 stretches
+        self.period = every if every is not None else max(1, ctx.epochs // (cfg["reinit_times"] + 1))
         self.init: list[list[torch.Tensor]] = []
         self.last: dict | None = None   # the latest diagnosis: epoch, purities, alphas (floats)
 
@@ -136,8 +153,9 @@ class Relearning(Method):
         self.init = [[p.detach().clone() for p in enc.parameters()] for enc in model.encoders]
 
     def due(self, epoch: int) -> bool:
-        every = self.cfg["reinit_every"]
-        return epoch > 0 and epoch % every == 0 and epoch // every <= self.cfg["reinit_times"]
+        """Whether to re-initialise after the 0-based `epoch`: T, 2T, ..., reinit_times T."""
+        t = self.period
+        return epoch > 0 and epoch % t == 0 and epoch // t <= self.cfg["reinit_times"]
 
     @torch.no_grad()
     def reinit(self, model, alpha: torch.Tensor) -> None:
