@@ -1,0 +1,114 @@
+"""CREMA-D: 7,442 clips of 91 actors speaking with one of six emotions, as audio (WAV) and video (FLV).
+
+The media are Git LFS objects of the public repository CheyneyComputerScience/CREMA-D. The
+project pins them by `resources/splits/crema-d/lfs-manifest.csv` (`path,sha256,size` of every
+`AudioWAV/*.wav` and `VideoFlash/*.flv`, 14,884 files, 3.05 GB) and takes its splits from
+`resources/splits/crema-d/splits.csv` (`clip,label,split`: 5,954 train, 744 val, 744 test).
+
+`download_crema_d` brings the files into a folder (by default from the repository's LFS media
+URL, or from any base URL or local folder with the same layout) with `download.sync_files`, and
+then writes `clips.csv` there, the table feature extraction reads (`download.CLIP_COLUMNS`). A
+clip's id is its file stem, e.g. `1001_DFA_ANG_XX`: actor, sentence, emotion, intensity.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from . import download as D
+
+RESOURCES = Path(__file__).resolve().parents[2] / "resources" / "splits" / "crema-d"
+LFS_MANIFEST = RESOURCES / "lfs-manifest.csv"
+SPLITS_FILE = RESOURCES / "splits.csv"
+# Git LFS media of the public repository; `<base>/<path>` serves the file's content
+DEFAULT_BASE_URL = "https://media.githubusercontent.com/media/CheyneyComputerScience/CREMA-D/master/"
+LABELS = ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")
+AUDIO_DIR, VIDEO_DIR = "AudioWAV", "VideoFlash"
+CLIPS = "clips.csv"
+
+
+def parse_clip(clip: str) -> dict:
+    """`1001_DFA_ANG_XX` -> actor 1001, sentence DFA, label ANG, intensity XX."""
+    parts = clip.split("_")
+    if len(parts) != 4 or not parts[0].isdigit() or parts[2] not in LABELS:
+        raise ValueError(f"{clip!r}: not a CREMA-D clip id (actor_sentence_emotion_intensity, "
+                         f"emotion one of {LABELS})")
+    return {"actor": parts[0], "sentence": parts[1], "label": parts[2], "intensity": parts[3]}
+
+
+def audio_path(clip: str) -> str:
+    return f"{AUDIO_DIR}/{clip}.wav"
+
+
+def video_path(clip: str) -> str:
+    return f"{VIDEO_DIR}/{clip}.flv"
+
+
+def read_splits(path: str | Path = SPLITS_FILE) -> list[tuple[str, str, str]]:
+    """(clip, label, split) rows, each checked: the label is the clip id's emotion field."""
+    path = Path(path)
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != ("clip", "label", "split"):
+            raise ValueError(f"{path}: expected the columns clip,label,split")
+        rows, seen = [], set()
+        for row_no, r in enumerate(reader, start=2):
+            try:
+                info = parse_clip(r["clip"])
+            except ValueError as e:
+                raise ValueError(f"{path}:{row_no}: {e}") from None
+            if info["label"] != r["label"]:
+                raise ValueError(f"{path}:{row_no}: {r['clip']} is labelled {r['label']}, "
+                                 f"but its id says {info['label']}")
+            if r["split"] not in ("train", "val", "test"):
+                raise ValueError(f"{path}:{row_no}: split {r['split']!r}; expected train, val or test")
+            if r["clip"] in seen:
+                raise ValueError(f"{path}:{row_no}: {r['clip']} is listed twice")
+            seen.add(r["clip"])
+            rows.append((r["clip"], r["label"], r["split"]))
+    return rows
+
+
+def files_for(rows, manifest: list[D.FileEntry], path: str | Path = "manifest") -> list[D.FileEntry]:
+    """The manifest entries of these clips' WAV and FLV files; a clip without both is an error."""
+    by_path = {e.path: e for e in manifest}
+    missing = [p for clip, _, _ in rows for p in (audio_path(clip), video_path(clip)) if p not in by_path]
+    if missing:
+        raise ValueError(f"{path}: has no entry for {len(missing)} files of the split file, "
+                         f"e.g. {missing[:5]}")
+    return [by_path[p] for clip, _, _ in rows for p in (audio_path(clip), video_path(clip))]
+
+
+def download_crema_d(out: str | Path, *, base_url: str | None = None,
+                     from_dir: str | Path | None = None, link: str = "copy", jobs: int = 8,
+                     retries: int = 2, timeout: float = 60.0, backoff: float = 1.0,
+                     stamps: bool = True, manifest: str | Path = LFS_MANIFEST,
+                     splits: str | Path = SPLITS_FILE, progress: bool = False,
+                     log=print) -> Path:
+    """Bring CREMA-D's WAV and FLV files into `out` (verified, resumable, in parallel) and write
+    `out/clips.csv`; return its path.
+
+    Source: `from_dir` (a folder holding `AudioWAV/` and `VideoFlash/`, e.g. a clone of the
+    repository after `git lfs pull`; `link`: copy, hardlink or symlink), else `base_url`
+    (default DEFAULT_BASE_URL). Every file the split file uses is fetched; on failure
+    `download.FilesFailedError` names each file that failed and `out/download-report.json` lists
+    them; `clips.csv` is written only when every file is verified, so it can stand for the whole
+    download in a pipeline.
+    """
+    out = Path(out)
+    rows = read_splits(splits)
+    entries = files_for(rows, D.read_file_manifest(manifest), manifest)
+    if from_dir is None and base_url is None:
+        base_url = DEFAULT_BASE_URL
+    result = D.sync_files(entries, out, base_url=base_url, from_dir=from_dir, link=link, jobs=jobs,
+                          retries=retries, timeout=timeout, backoff=backoff, stamps=stamps,
+                          progress=progress)
+    clips = [D.Clip(clip, label, split, str(out / audio_path(clip)), str(out / video_path(clip)))
+             for clip, label, split in rows]
+    D.write_clip_manifest(out / CLIPS, clips)
+    if log:
+        counts = {s: sum(1 for _, _, sp in rows if sp == s) for s in ("train", "val", "test")}
+        log(f"CREMA-D: {result.files} files verified in {out} ({result.fetched} brought in now, "
+            f"{result.verified_before} already there); clips: "
+            + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    return out / CLIPS

@@ -1,0 +1,248 @@
+"""Kinetics-Sounds: the 31 sound-bearing classes of Kinetics-400 (audio + video), from the user's copy.
+
+Kinetics-Sounds has no download of its own: its clips are Kinetics-400 clips (YouTube videos, many
+no longer online), so the user names a Kinetics-400 folder (`from_dir`) or a list of clip files
+(`clip_list`). The class list and the splits come from `resources/splits/kinetics-sounds/`
+(`classes.txt`, 31 names in index order; `splits.csv`, `clip,label,split`: 14,799 train,
+1,320 val, 2,597 test).
+
+A clip id is `<youtube id>_<start:06d>_<end:06d>` (train) or `<youtube id>_<start>` (val and test),
+the YouTube id being 11 characters. A file is found by its stem, whatever folder it is in
+(`<split or class>/<id>.mp4`, flat `<id>.mp4`, ...): by the exact clip id, else by YouTube id and
+start time (so `abc_000058_000068.mp4` serves the clip `abc_58` and the other way round), else by
+a file named by the bare YouTube id. Clips that are missing, or that PyAV cannot open or that lack
+an audio or a video stream (a cheap probe: `av.open` and the stream list, no decoding, in
+parallel), are counted and listed in `problems.csv`; they are left out, not fatal. The run states
+how many clips it used per split (`summary.json` and the log).
+"""
+from __future__ import annotations
+
+import csv
+import os
+import re
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..atomic import atomic_path, write_json
+from . import download as D
+
+RESOURCES = Path(__file__).resolve().parents[2] / "resources" / "splits" / "kinetics-sounds"
+CLASSES_FILE = RESOURCES / "classes.txt"
+SPLITS_FILE = RESOURCES / "splits.csv"
+VIDEO_EXTS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv")  # preferred first
+SPLITS = ("train", "val", "test")
+CLIPS, PROBLEMS, SUMMARY = "clips.csv", "problems.csv", "summary.json"
+PROBLEM_COLUMNS = ("clip", "label", "split", "problem", "detail", "path")
+# problem: missing | unreadable (PyAV cannot open it) | no-audio | no-video (a stream is absent);
+# feature extraction appends `undecodable` (decoding failed past the probe) in the same format.
+
+_ID = re.compile(r"([A-Za-z0-9_-]{11})(?:_(\d+)(?:_(\d+))?)?")
+
+
+def clip_key(stem: str) -> tuple[str, int | None] | None:
+    """(YouTube id, start second or None) of a clip id or file stem; None if it is not one."""
+    m = _ID.fullmatch(stem)
+    if m is None:
+        return None
+    return m.group(1), None if m.group(2) is None else int(m.group(2))
+
+
+def read_classes(path: str | Path = CLASSES_FILE) -> list[str]:
+    path = Path(path)
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if len(set(names)) != len(names) or not names:
+        raise ValueError(f"{path}: expected distinct class names, one a line")
+    return names
+
+
+def read_splits(path: str | Path = SPLITS_FILE, classes: list[str] | None = None) -> list[tuple[str, str, str]]:
+    """(clip, label, split) rows, each checked (known class, known split, a Kinetics clip id)."""
+    path = Path(path)
+    known = set(classes) if classes is not None else None
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != ("clip", "label", "split"):
+            raise ValueError(f"{path}: expected the columns clip,label,split")
+        rows, seen = [], set()
+        for row_no, r in enumerate(reader, start=2):
+            if clip_key(r["clip"]) is None or clip_key(r["clip"])[1] is None:
+                raise ValueError(f"{path}:{row_no}: {r['clip']!r} is not a Kinetics clip id "
+                                 f"(<11-character YouTube id>_<start>[_<end>])")
+            if known is not None and r["label"] not in known:
+                raise ValueError(f"{path}:{row_no}: class {r['label']!r} is not in the class list")
+            if r["split"] not in SPLITS:
+                raise ValueError(f"{path}:{row_no}: split {r['split']!r}; expected one of {SPLITS}")
+            if r["clip"] in seen:
+                raise ValueError(f"{path}:{row_no}: {r['clip']} is listed twice")
+            seen.add(r["clip"])
+            rows.append((r["clip"], r["label"], r["split"]))
+    return rows
+
+
+class ClipIndex:
+    """Files by clip id: exact stem, else (YouTube id, start), else a bare YouTube id.
+
+    Where several files give the same key the first in (extension preference, path) order wins.
+    """
+
+    def __init__(self, files):
+        """`files`: (id or stem, path) pairs."""
+        self.by_stem, self.by_key, self.by_ytid = {}, {}, {}
+        rank = {e: i for i, e in enumerate(VIDEO_EXTS)}
+        for stem, path in sorted(files, key=lambda sp: (rank.get(Path(sp[1]).suffix.lower(), len(rank)), str(sp[1]))):
+            self.by_stem.setdefault(stem, path)
+            key = clip_key(stem)
+            if key is not None:
+                (self.by_ytid if key[1] is None else self.by_key).setdefault(key, path)
+        self.n_files = len(files)
+
+    def find(self, clip: str) -> Path | None:
+        if clip in self.by_stem:
+            return self.by_stem[clip]
+        key = clip_key(clip)
+        if key is None:
+            return None
+        return self.by_key.get(key) or self.by_ytid.get((key[0], None))
+
+
+def index_folder(root: str | Path, exts=VIDEO_EXTS) -> ClipIndex:
+    """One walk of `root` (following folder links, each folder once), every media file by its stem."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder")
+    exts = {e.lower() for e in exts}
+    files, seen = [], set()
+    for folder, subdirs, names in os.walk(root, followlinks=True):
+        st = os.stat(folder)
+        if (st.st_dev, st.st_ino) in seen:  # a folder link back up the tree: walk it once
+            subdirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        for name in names:
+            stem, ext = os.path.splitext(name)
+            if ext.lower() in exts and not name.startswith("."):
+                files.append((stem, Path(folder) / name))
+    return ClipIndex(files)
+
+
+def read_clip_list(path: str | Path) -> ClipIndex:
+    """A list of clip files: a CSV with a `path` column (and optionally `clip`, the clip id when the
+    file name is not), or a text file with one path a line (blank lines and `#` comments skipped).
+    Relative paths are relative to the list's folder."""
+    path = Path(path)
+    base = path.parent
+    files = []
+    if path.suffix.lower() == ".csv":
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            if "path" not in (reader.fieldnames or ()):
+                raise ValueError(f"{path}: expected a `path` column (and optionally `clip`)")
+            for r in reader:
+                if r["path"].strip():
+                    p = base / r["path"].strip()
+                    files.append(((r.get("clip") or "").strip() or p.stem, p))
+    else:
+        for line in path.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                p = base / line
+                files.append((p.stem, p))
+    if not files:
+        raise ValueError(f"{path}: lists no files")
+    return ClipIndex(files)
+
+
+def probe_media(path: str | Path) -> tuple[str, str] | None:
+    """(problem, detail) when PyAV cannot open `path` or it lacks an audio or video stream, else None."""
+    import av
+    try:
+        with av.open(str(path)) as c:
+            kinds = {s.type for s in c.streams}
+    except Exception as e:  # PyAV raises its own error types (InvalidDataError, ...) and OSErrors
+        return "unreadable", f"{type(e).__name__}: {e}"
+    if "video" not in kinds:
+        return "no-video", f"streams: {sorted(kinds) or 'none'}"
+    if "audio" not in kinds:
+        return "no-audio", f"streams: {sorted(kinds)}"
+    return None
+
+
+@dataclass
+class KineticsSoundsResult:
+    clips: Path
+    problems: Path
+    summary: Path
+    counts: dict = field(default_factory=dict)  # split -> {listed, used, missing, unreadable, ...}
+
+    def lines(self) -> list[str]:
+        out = []
+        for s, c in self.counts.items():
+            bad = ", ".join(f"{v} {k}" for k, v in c.items() if k not in ("listed", "used") and v)
+            out.append(f"{s}: used {c['used']} of {c['listed']} clips" + (f" ({bad})" if bad else ""))
+        return out
+
+
+def prepare_kinetics_sounds(out: str | Path, *, from_dir: str | Path | None = None,
+                            clip_list: str | Path | None = None, probe: bool = True, jobs: int = 4,
+                            classes: str | Path = CLASSES_FILE, splits: str | Path = SPLITS_FILE,
+                            log=print) -> KineticsSoundsResult:
+    """Locate (and probe) every Kinetics-Sounds clip in the user's copy; write into `out`:
+
+    - `clips.csv`: the clips used (`download.CLIP_COLUMNS`; audio and video are the same file,
+      an absolute path into the user's copy), in the split file's order;
+    - `problems.csv`: `clip,label,split,problem,detail,path`, one row per clip left out;
+    - `summary.json`: the source, whether files were probed, and per split the clips listed,
+      used and left out by problem.
+
+    All three are written atomically, `clips.csv` last. A split left with no clip is an error
+    (after the report is written).
+    """
+    if (from_dir is None) == (clip_list is None):
+        raise ValueError("Kinetics-Sounds: give exactly one of from_dir (a Kinetics-400 folder) "
+                         "and clip_list (a CSV/TXT list of clip files)")
+    out = Path(out)
+    names = read_classes(classes)
+    rows = read_splits(splits, names)
+    index = index_folder(from_dir) if from_dir is not None else read_clip_list(clip_list)
+    located = [(clip, label, split, index.find(clip)) for clip, label, split in rows]
+    problems: dict[str, tuple[str, str]] = {}
+    for clip, _, _, p in located:
+        if p is None:
+            problems[clip] = ("missing", "no file with this id")
+        elif not Path(p).is_file():
+            problems[clip] = ("missing", "listed but not found")
+    if probe:
+        todo = [(clip, p) for clip, _, _, p in located if clip not in problems]
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            for (clip, _), bad in zip(todo, pool.map(lambda cp: probe_media(cp[1]), todo)):
+                if bad is not None:
+                    problems[clip] = bad
+    counts = {s: Counter(listed=0, used=0) for s in SPLITS}
+    for clip, _, split, _ in located:
+        counts[split]["listed"] += 1
+        counts[split][problems[clip][0] if clip in problems else "used"] += 1
+    counts = {s: dict(c) for s, c in counts.items()}
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / PROBLEMS) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(PROBLEM_COLUMNS)
+        for clip, label, split, p in located:
+            if clip in problems:
+                w.writerow([clip, label, split, *problems[clip], "" if p is None else str(Path(p).resolve())])
+    write_json(out / SUMMARY, {"source": str(from_dir if from_dir is not None else clip_list),
+                               "files_indexed": index.n_files, "probed": probe,
+                               "classes": len(names), "splits": counts})
+    result = KineticsSoundsResult(out / CLIPS, out / PROBLEMS, out / SUMMARY, counts)
+    if log:
+        log(f"Kinetics-Sounds from {from_dir if from_dir is not None else clip_list}: "
+            + "; ".join(result.lines()) + f" (left out: {out / PROBLEMS})")
+    empty = [s for s in SPLITS if counts[s]["used"] == 0]
+    if empty:
+        raise ValueError(f"Kinetics-Sounds: no usable clip in the {', '.join(empty)} split(s) of "
+                         f"{from_dir if from_dir is not None else clip_list} (see {out / PROBLEMS})")
+    used = [D.Clip(clip, label, split, str(Path(p).resolve()), str(Path(p).resolve()))
+            for clip, label, split, p in located if clip not in problems]
+    D.write_clip_manifest(out / CLIPS, used)
+    return result
