@@ -31,6 +31,29 @@ def test_synthetic_is_deterministic_balanced_and_records_corruption():
     assert not np.array_equal(a["views"][0], c["views"][0])
 
 
+def test_missing_and_scaled_noise_are_recorded_and_visible():
+    """`missing` zeroes the view; `noisy` with `scale` widens the noise; both are deterministic,
+    recorded per sample, and leave the other modalities and the default noise unchanged."""
+    tri = {"modalities": ["dominant", "xor", "linear"], "per_class": 50}
+    cfg = syn_cfg(**tri, corrupt=[{"modality": 2, "kind": "missing", "fraction": 0.3},
+                                  {"modality": 1, "kind": "noisy", "fraction": 0.2, "scale": 3.0}])
+    a, b = S.generate(cfg), S.generate(cfg)
+    assert all(np.array_equal(x, y) for x, y in zip(a["views"], b["views"]))
+    codes, (dom, xor, lin) = a["corrupted"], a["views"]
+    gone, loud = codes[:, 2] == S.MISSING, codes[:, 1] == S.NOISY
+    assert gone.sum() == 120 and loud.sum() == 80 and (codes[:, 0] == S.CLEAN).all()
+    assert S.CORRUPTION_CODES["missing"] == S.MISSING
+    assert (lin[gone] == 0).all() and (np.abs(lin[~gone]).sum(1) > 0).all()
+    # visible without labels: scaled noise is about 3x the spread of the clean inputs
+    ratio = np.linalg.norm(xor[loud], axis=1).mean() / np.linalg.norm(xor[~loud], axis=1).mean()
+    assert 2.5 < ratio < 3.5
+    # scale 1 is the default noise, value for value
+    noisy = [{"modality": 1, "kind": "noisy", "fraction": 0.2}]
+    plain = S.generate(syn_cfg(**tri, corrupt=noisy))
+    one = S.generate(syn_cfg(**tri, corrupt=[{**noisy[0], "scale": 1.0}]))
+    assert all(np.array_equal(x, y) for x, y in zip(plain["views"], one["views"]))
+
+
 def test_misleading_samples_point_at_another_class():
     cfg = syn_cfg(per_class=200, dominant={"dim": 256, "scale": 0.5},
                   corrupt=[{"modality": 0, "kind": "misleading", "fraction": 0.25}])

@@ -1,22 +1,23 @@
 """A synthetic multimodal data set with known modality- and sample-level imbalance.
 
-Kinds of modality (see ../shared/design/synthetic.md for what the set must show):
+Kinds of modality (docs/synthetic.md says what the sets must show, and what they show):
 - dominant: a random class-mean vector x scale + unit noise: weak per dimension but
   high-dimensional, so an MLP memorises the training set fast (it dominates joint training),
   without being sufficient alone.
 - xor: the class index as a 3-bit code; bit k is the sign of u*v for a coordinate pair (u, v)
   with half-normal magnitudes: invisible to a linear model, learned slowly; plus noise dimensions.
-- linear: a second, weaker class-mean view (for the trimodal set).
+- linear: a second, weaker class-mean view (for the trimodal sets).
 Sample-level corruption replaces a modality's input on a fraction of samples with noise (noisy:
-uninformative) or with an input drawn for another class (misleading: confidently wrong); which
-samples were corrupted, and how, is saved.
+uninformative; `scale` widens it), with an input drawn for another class (misleading: confidently
+wrong) or with zeros (missing: visible without labels); which samples were corrupted, and how, is
+saved (CORRUPTION_CODES).
 """
 from __future__ import annotations
 
 import numpy as np
 
-CLEAN, NOISY, MISLEADING = 0, 1, 2
-CORRUPTION_CODES = {"noisy": NOISY, "misleading": MISLEADING}
+CLEAN, NOISY, MISLEADING, MISSING = 0, 1, 2, 3
+CORRUPTION_CODES = {"noisy": NOISY, "misleading": MISLEADING, "missing": MISSING}
 
 
 def _dominant(cfg, means, labels, rng):
@@ -52,8 +53,11 @@ def generate(cfg: dict) -> dict:
         m = c["modality"]
         candidates = np.flatnonzero(codes[:, m] == CLEAN)
         chosen = rng.choice(candidates, size=int(round(c["fraction"] * len(labels))), replace=False)
-        if c["kind"] == "noisy":
-            views[m][chosen] = rng.standard_normal((len(chosen), views[m].shape[1])) * views[m].std(0)
+        if c["kind"] == "noisy":   # `scale` x the view's own per-coordinate spread (default 1)
+            spread = views[m].std(0) * c.get("scale", 1.0)
+            views[m][chosen] = rng.standard_normal((len(chosen), views[m].shape[1])) * spread
+        elif c["kind"] == "missing":
+            views[m][chosen] = 0.0
         else:
             other = (labels[chosen] + rng.integers(1, C, size=len(chosen))) % C
             views[m][chosen] = draw(kinds[m], other)

@@ -6,10 +6,18 @@ a history weighted by γ, normalised into D_Task), a modality-level dynamic curr
 Geometric Mean Ratio GMR and the Harmonic Mean Improvement Rate HMIR per modality), a gate giving
 one weight g^m per modality with ŷ = Σ_m g^m·z^m and D_Fuse = mean_m g^m, and the joint objective
     min_v Σ_i v_i·(D_Task,i·D_Fuse,i)·L(ŷ_i, y_i) + η(t)·(1 − v_i)².
-Everything else is our reconstruction (../shared/design/dyncim-method.md; docs/method.md lists
-each formula with its origin and its params.yaml key): the exact signals, the EMA history, the
-signal weights, GMR/HMIR as running statistics, the label-free gate inputs and its normalisation
-across modalities, the modality rebalancing α·L_fused + (1−α)·Σ_m β_m·L_m, and the pace schedule.
+Everything else is our reconstruction (docs/method.md lists each formula with its origin, its
+params.yaml key and the function that computes it, and says where each choice comes from): the
+exact signals, the EMA history, the signal weights, GMR/HMIR as running statistics, the label-free
+gate inputs and its normalisation across modalities, the modality rebalancing
+α·L_fused + (1−α)·Σ_m β_m·L_m, and the pace schedule.
+
+Two implementations of the same objective, chosen by the params key `impl`:
+- `fused` (this module, the default): loss and gradients in closed form, built for speed;
+- `reference` (dyncim/methods/dyncim_reference.py): plain autograd, one function per paper
+  component, written to be read and changed. tests/test_dyncim_reference.py checks that the two
+  give the same loss, gradients and state step after step, for every switch. Both keep the same
+  per-sample memory and modality statistics, so their checkpoints are interchangeable.
 
 All curriculum work is batched tensor work on the training device: per-sample state is indexed by
 the data set index, there is no Python loop over samples and no host-device synchronisation.
@@ -49,11 +57,26 @@ def log_hmir(rates: torch.Tensor, floor: float, clip: float) -> torch.Tensor:
 def self_paced_weights(wl: torch.Tensor, lam: float) -> torch.Tensor:
     """Closed-form minimiser of v·wl + η(1−v)² over v ∈ [0,1] for wl ≥ 0: v = clip(1 − wl/(2η), 0, 1)
     = max(2η − wl, 0) / 2η, with 2η the λ-quantile of wl over the batch (the k-th smallest value,
-    k = ⌈λ·B⌉, rather than an interpolating quantile), so about a fraction λ of the samples is
-    admitted. (topk + amax: measurably cheaper in the training step than kthvalue.)"""
+    k = ⌈λ·B⌉, rather than an interpolating quantile). The k-th sample itself gets v = 0, so
+    k − 1 = ⌈λ·B⌉ − 1 samples are admitted (v > 0; fewer if values tie), a fraction
+    (⌈λB⌉ − 1)/B, just under λ (docs/method.md). (topk + amax: measurably cheaper in the training
+    step than kthvalue.)"""
     k = max(1, math.ceil(lam * wl.numel()))
     two_eta = wl.topk(k, largest=False, sorted=False).values.amax().clamp_min_(EPS)
     return (two_eta - wl).clamp_min_(0).div_(two_eta)
+
+
+# The per-sample memory's columns (`DynCIM.mem`, one row per data set index), by history form. Both
+# implementations read and write this layout, and resume checkpoints hold it.
+MEMORY_COLUMNS = {
+    # deviation at the previous visit (NaN before the first), the history's weight at the next
+    # visit (0 before the first visit, then γ), the EMA histories of the 3 signals
+    "ema": {"prev_deviation": slice(0, 1), "history_weight": slice(1, 2), "history": slice(2, 5)},
+    # deviation at the previous visit, number of visits, mean of D' over the visits, D' at the
+    # previous visit
+    "hadamard": {"prev_deviation": slice(0, 1), "visits": slice(1, 2), "past_mean": slice(2, 5),
+                 "prev_projection": slice(5, 8)},
+}
 
 
 class ModalityStats(nn.Module):
@@ -146,9 +169,20 @@ def observation_matrices(M: int, device):
 class DynCIM(Method):
     min_modalities = 2
     fusion = "sum"  # per-modality heads z^m; the fused prediction is the gated sum
+    supports_gate_input_grad = False   # the closed-form gradients treat the gate's inputs as constants
+
+    def __new__(cls, cfg=None, ctx=None):
+        """`impl: reference` builds the plain-autograd implementation (dyncim_reference.py)."""
+        if cls is DynCIM and cfg is not None and cfg.get("impl", "fused") == "reference":
+            from .dyncim_reference import DynCIMReference
+            cls = DynCIMReference
+        return super().__new__(cls)
 
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
+        if cfg["gate_input_grad"] and not self.supports_gate_input_grad:
+            raise ValueError("dyncim: gate_input_grad needs impl: reference (the fused step's "
+                             "closed-form gradients treat the gate's inputs as constants)")
         self.signal_on = [cfg["sdc_deviation"], cfg["sdc_consistency"], cfg["sdc_stability"]]
         self.signal_mask = torch.tensor(self.signal_on, dtype=torch.float32, device=ctx.device)
         self.signal_eps = self.signal_mask * 1e-12
@@ -164,10 +198,11 @@ class DynCIM(Method):
         self.eye = torch.eye(C, device=dev)                          # one-hot labels by lookup
         self.zero_m, self.uniform_m = torch.zeros(M, device=dev), torch.full((M,), 1 / M, device=dev)
         self.beta_hmir = cfg["beta_from"] == "gmr_hmir"
-        # SDC per-sample memory, indexed by the data set index. EMA: previous deviation, the
-        # history's weight at the next visit (0 before the first visit, then γ) and the history
-        # of the 3 signals; Hadamard: previous deviation, visits, running mean of D', previous D'.
-        # The previous deviation starts as NaN (no visit yet): the first stability is then 0.
+        # SDC per-sample memory, indexed by the data set index; columns: MEMORY_COLUMNS. EMA:
+        # previous deviation, the history's weight at the next visit (0 before the first visit,
+        # then γ) and the history of the 3 signals; Hadamard: previous deviation, visits, running
+        # mean of D', previous D'. The previous deviation starts as NaN (no visit yet): the first
+        # stability is then 0.
         self.mem = torch.zeros(N, 5 if self.ema else 8, device=dev)
         self.mem[:, 0] = float("nan")
         self._gamma_col = None
@@ -329,8 +364,8 @@ class DynCIM(Method):
         The loss and its gradients with respect to the logits and the gate's parameter are computed
         together, in closed form and in inference mode (`_objective`); `backward` hands them to
         autograd. On a CPU with small encoders a step's cost is per-op overhead, and the loss, the
-        gate and their autograd backward were ~250 small ops. tests/test_dyncim.py checks value and
-        gradients against a plain-autograd transcription of the same formulas."""
+        gate and their autograd backward were ~250 small ops. tests/test_dyncim_reference.py checks
+        value and gradients against the plain-autograd implementation (`impl: reference`)."""
         with torch.inference_mode():
             value, yhat, grads = self._objective(model, out.logits, y, idx)
         return StepResult(value, yhat, out, y, terms=grads)
@@ -391,6 +426,11 @@ class DynCIM(Method):
             gz.addcmul_(ghat, dy)
             dghat = (zc * dy).sum(1)                                      # M x B
             dg = torch.sub(dghat, (dghat * ghat[:, 0]).sum(0), alpha=1 / M).div_(d_fuse)
+            if lam_rel := self.cfg["gate_reliability"]:
+                # λ·mean_{m,i} (g − σ(z^m)_y)², the target detached: a gradient for the gate only
+                diff = g - (probm * Y).sum(1)
+                fused_term = fused_term + lam_rel * diff.square().mean()
+                dg.add_(diff, alpha=2 * lam_rel / diff.numel())
             grad_gate = gate.grad(x, h, g, dg, w2)
         else:
             gz.add_(dy)
