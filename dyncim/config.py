@@ -125,6 +125,10 @@ def resolve(raw: dict, source: str = "params.yaml") -> dict:
         m.setdefault("seeds", params["seeds"])
         methods[name] = m
     params["methods"] = methods
+    for name, m in methods.items():
+        if m["type"] == "dyncim" and m["gate_input_grad"] and m["impl"] != "reference":
+            raise ParamsError(f"{source}: methods.{name}.gate_input_grad: needs impl: reference (the fused "
+                              f"step's closed-form gradients treat the gate's inputs as constants)")
     for d, ds in params["datasets"].items():
         for m, over in ds.get("method_params", {}).items():
             own = {k: v for k, v in methods[m].items() if k not in ("type", "seeds", "train")}

@@ -155,3 +155,12 @@ def test_method_params_per_data_set(raw):
     raw["datasets"]["mfeat-pix-zer"]["method_params"] = {"ghost": {}}
     with pytest.raises(C.ParamsError, match="method_params.ghost: unknown method"):
         C.resolve(raw)
+
+
+def test_gate_input_grad_needs_the_reference_implementation():
+    p = yaml.safe_load((REPO / "params.yaml").read_text())
+    p["methods"]["dyncim"]["gate_input_grad"] = True
+    with pytest.raises(C.ParamsError, match=r"methods.dyncim.gate_input_grad: needs impl: reference"):
+        C.resolve(p)
+    p["methods"]["dyncim"]["impl"] = "reference"
+    assert C.resolve(p)["methods"]["dyncim"]["gate_input_grad"] is True

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..config import TRAIN_DEFAULTS
 from .encoders import MLPEncoder
 from .fusion import FUSIONS
 
@@ -47,7 +48,7 @@ def input_shape(view: torch.Tensor):
 
 
 def build_encoder(shape, train_cfg: dict) -> nn.Module:
-    kind = train_cfg.get("encoder", "mlp")
+    kind = train_cfg.get("encoder", TRAIN_DEFAULTS["encoder"])   # tests may pass a partial config
     if kind == "mlp":
         if not isinstance(shape, int):
             raise ValueError(f"encoder mlp takes vector features, got inputs of shape {shape}; use resnet18")
