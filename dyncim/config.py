@@ -178,6 +178,12 @@ def train_config(params: dict, data: str, method: str) -> dict:
     return cfg
 
 
+def with_method_defaults(cfg: dict) -> dict:
+    """A method configuration saved by an earlier version, completed with the defaults of keys
+    added since (a checkpoint stays loadable; the added keys' defaults keep the old behaviour)."""
+    return _fill_defaults(load_schema()["$defs"][f"method_{cfg['type']}"], cfg)
+
+
 def method_config(params: dict, method: str, data: str | None = None) -> dict:
     """A method's parameters; on a data set, with that data set's `method_params` overrides (for
     methods whose official code uses other values per data set)."""

@@ -15,6 +15,7 @@ from torch.nn import functional as F
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
 
 from .atomic import write_json
+from .config import with_method_defaults
 from .data import features
 from .data.synthetic import CORRUPTION_CODES
 from .models.multimodal import input_shape
@@ -56,6 +57,7 @@ def load_run(path: Path, feats: features.FeatureSet, device):
         raise FileNotFoundError(f"{path}: missing; run the train step first") from None
     except Exception as e:
         raise ValueError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
+    ck["method_cfg"] = with_method_defaults(ck["method_cfg"])
     built = []
     for part in ck["parts"]:
         sub = feats.subset(part["modalities"])

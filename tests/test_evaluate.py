@@ -39,3 +39,24 @@ def test_report_aggregates_mean_and_std_over_seeds(tmp_path):
     ranked = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| dyncim") or line.startswith("| joint")]
     assert ranked[:2] == ["dyncim", "joint"]  # ranked by accuracy
     assert "0.900 ± 0.100" in md and "gate_x" in md
+
+
+def test_a_checkpoint_saved_before_a_method_key_was_added_still_loads(tmp_path):
+    """Method keys added later (DynCIM's impl, gate_input_grad, gate_reliability) take their
+    defaults when an older checkpoint is evaluated."""
+    import torch
+    from dyncim import config as C
+    from dyncim.evaluate import evaluate_run
+    from dyncim.train.loop import Trainer
+    from tests.conftest import TRAIN_CFG, tiny_features
+    feats = tiny_features()
+    cfg = {"type": "dyncim", **C._fill_defaults(C.load_schema()["$defs"]["method_dyncim"], {})}
+    t = Trainer(feats, cfg, {**TRAIN_CFG, "epochs": 1}, 0, torch.device("cpu"), tmp_path / "l.pt", None, "f")
+    best = t.fit()
+    old = {k: v for k, v in cfg.items() if k not in ("impl", "gate_input_grad", "gate_reliability")}
+    path = tmp_path / "best.pt"
+    torch.save({"data": "d", "method": "dyncim", "seed": 0, "method_cfg": old, "train_cfg": t.cfg,
+                "n_classes": feats.n_classes, "names": feats.names,
+                "parts": [{"modalities": [0, 1], "names": feats.names, "fusion": "sum", "best_epoch": 1,
+                           "best_val_acc": best["val_acc"], "state": best["state"], "in_dims": [5, 4]}]}, path)
+    assert 0 <= evaluate_run(path, feats)["acc"] <= 1
