@@ -38,6 +38,7 @@ class Trainer:
                  tag: str = ""):
         self.data, self.cfg, self.seed, self.device = data.to(device), train_cfg, seed, device
         self.ckpt_path, self.log_dir, self.fingerprint, self.tag = ckpt_path, log_dir, fingerprint, tag
+        self.method_cfg = method_cfg   # logged with the train configuration as TensorBoard hparams
         self.train_idx = self.data.index("train")
         self.val_idx = self.data.index("val")
         bs = train_cfg["batch_size"]
@@ -162,6 +163,8 @@ class Trainer:
                 self.epoch += 1
                 if writer is not None:
                     self._log(writer, row)
+                    if self.epoch == self.cfg["epochs"]:   # before the final checkpoint: a rerun after a kill logs it
+                        self._log_hparams(writer)
                 if self.epoch % self.cfg["checkpoint_every"] == 0 or self.epoch == self.cfg["epochs"]:
                     self.save_checkpoint()
         finally:
@@ -179,3 +182,36 @@ class Trainer:
         for name in self.data.names:
             writer.add_scalar(f"acc_modality/val_{name}", row[f"val_acc_{name}"], e)
         self.method.log(writer, e)
+
+    def hparams(self) -> tuple[dict, dict]:
+        """The run's hyper-parameters (seed, `method.*`, `train.*`; lists as JSON text, booleans as
+        'true'/'false', as the HParams tab filters them) and its final metrics."""
+        import json
+
+        def scalar(v):
+            if isinstance(v, bool):
+                return "true" if v else "false"
+            return v if isinstance(v, (int, float, str)) else json.dumps(v)
+        hp = {"seed": self.seed}
+        hp.update({f"method.{k}": scalar(v) for k, v in sorted(self.method_cfg.items()) if v is not None})
+        hp.update({f"train.{k}": scalar(v) for k, v in sorted(self.cfg.items()) if v is not None})
+        last = self.history[-1]
+        metrics = {"hparam/best_val_acc": self.best["val_acc"], "hparam/best_epoch": self.best["epoch"],
+                   "hparam/final_val_acc": last["val_acc"], "hparam/final_train_acc": last["train_acc"],
+                   "hparam/final_train_loss": last["train_loss"]}
+        metrics.update({f"hparam/final_val_acc_{n}": last[f"val_acc_{n}"] for n in self.data.names})
+        return hp, metrics
+
+    def _log_hparams(self, writer):
+        """TensorBoard's HParams tab: this run's session (hparams, then success) and its final
+        metrics as scalars, in the run's own folder. No per-run experiment summary: the plugin
+        would take one run's hparam list for all; without it, it unions every run's (methods and
+        ablations have different keys)."""
+        from torch.utils.tensorboard.summary import hparams
+        hp, metrics = self.hparams()
+        _, start, end = hparams(hp, metrics)
+        fw = writer.file_writer
+        fw.add_summary(start)
+        fw.add_summary(end)
+        for k, v in metrics.items():
+            writer.add_scalar(k, v, self.epoch)

@@ -1,0 +1,209 @@
+"""REPORT.md: every number in it is recomputed here from the per-run JSONs (and the robustness
+sweep's per-run accuracies), independently of dyncim.stats."""
+import json
+import random
+import re
+import statistics
+from pathlib import Path
+
+import pytest
+from scipy.stats import ttest_rel
+
+from dyncim import paths, report_md
+
+SEEDS = {"joint": [0, 1, 2], "joint-sum": [0, 1, 2], "unimodal": [0, 1, 2], "mla": [0, 1, 2],
+         "dyncim": [0, 1, 2, 3, 4], "dyncim-no-gate": [0, 1, 2], "dyncim-no-sdc": [0, 1, 2]}
+TYPES = {"joint": "joint", "joint-sum": "joint", "unimodal": "unimodal", "mla": "mla", "dyncim": "dyncim",
+         "dyncim-no-gate": "dyncim", "dyncim-no-sdc": "dyncim"}
+DATA = {"d1": ["a", "b"], "d2": ["x", "y", "z"]}
+LEVELS = [0.0, 0.5, 1.0, 2.0, 4.0]
+NUM = re.compile(r"[+-]?\d+\.\d+")
+
+
+def params():
+    return {"run": {"datasets": list(DATA), "methods": list(SEEDS)},
+            "methods": {m: {"type": TYPES[m], "seeds": s} for m, s in SEEDS.items()}}
+
+
+def fake_outputs(root: Path):
+    """Evaluation JSONs as the evaluate step writes them (accuracies multiples of 1/400), with a
+    method far above joint (dyncim), one consistently above it (mla), one equal to joint on every
+    seed (joint-sum, no test), and
+    unimodal without a fused accuracy; a robustness record per data set; figure files."""
+    rng = random.Random(0)
+    q = lambda v: round(v * 400) / 400
+    rob, figs = {}, {}
+    for data, names in DATA.items():
+        joint = {}
+        runs = {}
+        for m, seeds in SEEDS.items():
+            for s in seeds:
+                base = {"joint": 0.80, "dyncim": 0.90}.get(m, 0.82)
+                acc = q(base + rng.uniform(-0.02, 0.02))
+                if m == "joint":
+                    joint[s] = acc
+                if m == "joint-sum":
+                    acc = joint[s]
+                if m == "mla":   # a consistent gain over joint: p < 0.001
+                    acc = joint[s] + 0.05 + 0.0025 * (s == 1)
+                r = {"data": data, "method": m, "seed": s, "names": names, "best_epoch": 7, "best_val_acc": 0.5,
+                     "modalities": {n: {"own": q(rng.uniform(0.2, 0.9)), "probe": q(rng.uniform(0.5, 0.9)),
+                                        "probe_val": 0.7, "probe_ridge": 0.01} for n in names}}
+                if m != "unimodal":
+                    r.update(acc=acc, macro_f1=q(acc - rng.uniform(0, 0.03)))
+                p = root / paths.eval_file(data, m, s)
+                p.parent.mkdir(parents=True, exist_ok=True)
+                p.write_text(json.dumps(r))
+                if m != "unimodal":
+                    runs.setdefault(m, {})[str(s)] = {"clean": acc, "modalities": {
+                        n: {"levels": [acc] + [q(acc - rng.uniform(0, 0.1) * lv) for lv in LEVELS[1:]],
+                            "missing": q(rng.uniform(0.1, 0.5))} for n in names}}
+        record = {"data": data, "names": names, "levels": LEVELS, "noise_seed": 0, "runs": runs,
+                  "skipped": {"unimodal": "trains each modality as a separate model"}, "summary": "not read"}
+        rob[data] = root / "results" / "robustness" / f"{data}.json"
+        rob[data].parent.mkdir(parents=True, exist_ok=True)
+        rob[data].write_text(json.dumps(record))
+        figs[data] = {k: root / "results" / "figures" / data / f"{k}.png"
+                      for k in ("accuracy", "rebalance", "curves", "dyncim", "robustness")}
+        for f in figs[data].values():
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_bytes(b"png")
+    return rob, figs
+
+
+# --- the expected cells, computed here ---------------------------------------------------------
+
+def ms(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, "—"
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return mean, f"{mean:.3f} ± {std:.3f}"
+
+
+def delta(a: dict, b: dict) -> str:
+    seeds = sorted(set(a) & set(b))
+    d = [a[s] - b[s] for s in seeds]
+    mean = statistics.fmean(d)
+    dagger = "†" if set(a) != set(b) else ""
+    if max(d) - min(d) < 1e-12:
+        note = "identical on every common seed" if max(map(abs, d)) < 1e-12 else \
+            "the same difference on every common seed: no variance, the t-test is undefined"
+        return f"{mean:+.3f} (no test: {note}; n = {len(seeds)}){dagger}"
+    p = float(ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue)
+    mark = "**" if p < 0.01 else "*" if p < 0.05 else ""
+    pt = "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+    return f"{mean:+.3f}{mark} ({pt}, n = {len(seeds)}){dagger}" + ("" if p < 0.05 else " within noise")
+
+
+def bold(cells_means):
+    shown = [None if m is None else round(m, 3) for m, _ in cells_means]
+    best = max(x for x in shown if x is not None)
+    return [f"**{c}**" if x == best else c for x, (_, c) in zip(shown, cells_means)]
+
+
+def tables(section: str) -> list[list[list[str]]]:
+    """Markdown tables of a section: rows of cells (header first, the --- line dropped)."""
+    out, cur = [], None
+    for line in section.splitlines():
+        if line.startswith("|"):
+            if cur is None:
+                cur = []
+                out.append(cur)
+            if not line.startswith("|---"):
+                cur.append([c.strip() for c in line.strip().strip("|").split("|")])
+        else:
+            cur = None
+    return out
+
+
+def test_every_number_of_the_report_is_recomputed_from_the_run_jsons(tmp_path):
+    rob, figs = fake_outputs(tmp_path)
+    out = tmp_path / "results" / "REPORT.md"
+    text = report_md.write(params(), out, root=tmp_path, robustness=rob, figures=figs)
+    assert out.read_text() == text
+    expected_numbers = set()
+    sections = text.split("\n## ")[1:]
+    assert [s.split("\n")[0] for s in sections] == list(DATA)
+    for section, (data, names) in zip(sections, DATA.items()):
+        runs = {m: {s: json.loads((tmp_path / paths.eval_file(data, m, s)).read_text()) for s in seeds}
+                for m, seeds in SEEDS.items()}
+        get = lambda r, key: r.get(key) if key in ("acc", "macro_f1") else r["modalities"][key[:-4]]["own"]
+        cols = ["acc", "macro_f1"] + [f"{n}_own" for n in names]
+        acc = {m: {s: r["acc"] for s, r in rs.items() if "acc" in r} for m, rs in runs.items()}
+        ranked, ablation, *robust = tables(section)
+        # ranked table: by mean accuracy, unimodal (no fused accuracy) last
+        order = sorted([m for m in SEEDS if acc[m]], key=lambda m: -statistics.fmean(acc[m].values())) + ["unimodal"]
+        assert ranked[0] == ["rank", "method", "seeds", "accuracy", "macro-F1"] + [f"{n} own head" for n in names] + \
+            ["Δ accuracy vs joint", "Δ accuracy vs dyncim"]
+        assert [r[1] for r in ranked[1:]] == order
+        columns = [bold([ms([get(r, c) for r in runs[m].values()]) for m in order]) for c in cols]
+        for i, (m, row) in enumerate(zip(order, ranked[1:])):
+            want = [str(i + 1) if acc[m] else "—", m, str(len(SEEDS[m]))] + [col[i] for col in columns]
+            for ref in ("joint", "dyncim"):
+                want.append("(reference)" if m == ref else delta(acc[m], acc[ref]) if acc[m] else "—")
+            assert row == want
+            expected_numbers.update(NUM.findall(" ".join(want)))
+        assert ranked[1][1] == "dyncim" and ranked[1][3].startswith("**")
+        row = dict(zip(ranked[0], next(r for r in ranked if r[1] == "joint-sum")))
+        assert row["Δ accuracy vs joint"].startswith("+0.000 (no test: identical")
+        row = dict(zip(ranked[0], next(r for r in ranked if r[1] == "joint")))
+        assert "†" in row["Δ accuracy vs dyncim"]   # dyncim ran 5 seeds, joint 3: paired on 3
+        # ablation table: dyncim first, then its ablations in run-list order
+        abl = ["dyncim", "dyncim-no-gate", "dyncim-no-sdc"]
+        assert [r[0] for r in ablation[1:]] == abl
+        columns = [bold([ms([get(r, c) for r in runs[m].values()]) for m in abl]) for c in cols]
+        for i, (m, row) in enumerate(zip(abl, ablation[1:])):
+            want = [m, str(len(SEEDS[m]))] + [col[i] for col in columns] + \
+                   ["(reference)" if m == "dyncim" else delta(acc[m], acc["dyncim"])]
+            assert row == want
+            expected_numbers.update(NUM.findall(" ".join(want)))
+        # robustness: one table per modality, rows in the ranked order, from the per-run accuracies
+        record = json.loads(rob[data].read_text())
+        assert len(robust) == len(names)
+        methods = [m for m in order if m in record["runs"]]
+        for name, table in zip(names, robust):
+            assert table[0] == ["method", "seeds", "σ = 0 (clean)", "σ = 0.5", "σ = 1", "σ = 2", "σ = 4", "missing"]
+            expected_numbers.update(NUM.findall(" ".join(table[0])))   # the levels
+            assert [r[0] for r in table[1:]] == methods
+            columns = []
+            for k in range(len(LEVELS) + 1):
+                vals = lambda m: [r["modalities"][name]["levels"][k] if k < len(LEVELS) else r["modalities"][name]["missing"]
+                                  for r in record["runs"][m].values()]
+                columns.append(bold([ms(vals(m)) for m in methods]))
+            for i, (m, row) in enumerate(zip(methods, table[1:])):
+                want = [m, str(len(record["runs"][m]))] + [c[i] for c in columns]
+                assert row == want
+                expected_numbers.update(NUM.findall(" ".join(want)))
+            # level 0 is the clean accuracy: the same numbers as the ranked table's accuracy column
+            clean = {r[1]: r[3].strip("*") for r in ranked[1:]}
+            assert all(row[2].strip("*") == clean[row[0]] for row in table[1:])
+        # the figures, linked relative to the report
+        for kind, f in figs[data].items():
+            link = f"(figures/{data}/{kind}.png)"
+            assert link in section and (out.parent / link[1:-1]).resolve() == f.resolve()
+    # no number in the report that was not recomputed here (bar the stated thresholds)
+    stray = set(NUM.findall(text)) - expected_numbers - {"0.05", "0.01"}
+    assert not stray, stray
+    assert "Not in the sweep: unimodal" in text
+    for said in ("within noise", "p < 0.001", "** (p = 0.00", "(no test: identical", ")†"):
+        assert said in text, said
+
+
+def test_seed_lists_are_stated(tmp_path):
+    p = params()
+    sentence = report_md._seed_sentence(p, list(SEEDS))
+    assert "dyncim: seeds 0, 1, 2, 3, 4 (n = 5)" in sentence and "the other 6 methods: seeds 0, 1, 2 (n = 3)" in sentence
+    assert "common seeds only" in sentence
+    p1 = {"methods": {"a": {"seeds": [0, 1]}, "b": {"seeds": [0, 1]}}}
+    assert report_md._seed_sentence(p1, ["a", "b"]) == "Every method ran seeds 0, 1 (n = 2)."
+
+
+def test_report_without_robustness_or_figures(tmp_path):
+    fake_outputs(tmp_path)
+    text = report_md.build(params(), tmp_path / "R.md", root=tmp_path)
+    assert "robustness" not in text and "![" not in text and "### d2: DynCIM ablations" in text
+    (tmp_path / paths.eval_file("d1", "mla", 2)).unlink()
+    with pytest.raises(FileNotFoundError, match="seed2.json: missing"):
+        report_md.build(params(), tmp_path / "R.md", root=tmp_path)
