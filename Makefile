@@ -1,12 +1,13 @@
 # `make run`: the whole embedded benchmark; `make test`: the test suite; `make lint`: the
-# workflow's lints and formatting. Each creates .venv first.
+# workflow's lints and formatting; `make report`: the run, then Snakemake's HTML report. Each
+# creates .venv first.
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: run quick test test-fast lint repro bench tensorboard clean
+.PHONY: run quick report test test-fast lint repro bench tensorboard clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -16,6 +17,11 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	snakemake --cores all
 	@cat results/summary.md
+
+# Snakemake's browsable HTML report of the run (figures, tables, REPORT.md, the DAG, runtimes)
+report: run
+	snakemake --report results/report.html
+	@echo "open results/report.html"
 
 quick: $(STAMP)
 	snakemake --cores all --configfile configs/quick.yaml

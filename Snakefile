@@ -1,4 +1,5 @@
-# The pipeline's one DAG: download -> split -> features -> train -> evaluate -> report.
+# The pipeline's one DAG: download -> split -> features -> train -> evaluate -> robustness ->
+# report (summary, figures, REPORT.md).
 # Configuration: params.yaml, deep-merged with any `--configfile` files and `--config` entries
 # (DVC reads params.yaml and runs targets of this file). Each rule passes its jobs their resolved
 # configuration and output paths: see workflow/rules/common.smk.
@@ -8,6 +9,9 @@ min_version("9.0")
 
 
 configfile: "params.yaml"
+
+
+report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
@@ -21,3 +25,4 @@ rule all:
     default_target: True
     input:
         paths.SUMMARY["md"],
+        paths.REPORT,

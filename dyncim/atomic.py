@@ -48,6 +48,31 @@ def write_json(path: str | Path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def write_json_dir(path: str | Path, files: dict) -> None:
+    """Replace folder `path` with one JSON per entry of `files` ({name: object} -> <name>.json):
+    built beside it, then swapped in, so that no reader sees a half-written folder."""
+    import shutil
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        for name, obj in files.items():
+            (tmp / f"{name}.json").write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+        os.chmod(tmp, 0o777 & ~_umask())
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def torch_save(obj, path: str | Path) -> None:
     import torch
     with atomic_path(path) as tmp:

@@ -105,10 +105,58 @@ def cmd_evaluate(args):
 def cmd_report(args):
     from .report import write
     job = _job(args, lambda C, p: C.report_job(p))
-    outputs = {k: Path(getattr(args, k)) for k in paths.SUMMARY if getattr(args, k)}
+    outputs = {k: Path(getattr(args, k)) for k in [*paths.SUMMARY, "metrics"] if getattr(args, k)}
     md = write(job, Path(args.root), outputs)
     if not args.quiet:
         print(md)
+
+
+def cmd_robustness(args):
+    from .robustness import write
+    job = _job(args, lambda C, p: C.robustness_job(p, _dataset(C, p, args.data)))
+    data, root = _one(job, "datasets"), Path(args.root)
+    features = Path(args.features) if args.features else root / paths.features_file(data)
+    settings = job.get("robustness", {})   # absent: the schema's defaults (robustness.LEVELS, NOISE_SEED)
+    write(job, data, features, Path(args.json or root / paths.robustness_file(data)),
+          Path(args.csv or root / paths.robustness_csv(data)), root=root,
+          **{k: v for k, v in settings.items() if k in ("levels", "seed")})
+
+
+def _figure_outputs(outs) -> dict:
+    """--out paths, each named <kind>.png, as {kind: path}."""
+    out = {}
+    for o in map(Path, outs):
+        if o.suffix != ".png" or o.stem not in paths.FIGURE_KINDS:
+            raise ValueError(f"--out {o}: expected <kind>.png with kind one of {list(paths.FIGURE_KINDS)}")
+        out[o.stem] = o
+    return out
+
+
+def cmd_figures(args):
+    from .figures import write_all
+    job = _job(args, lambda C, p: C.figures_job(p, _dataset(C, p, args.data)))
+    data, root = _one(job, "datasets"), Path(args.root)
+    outputs = (_figure_outputs(args.out) if args.out else
+               {k: root / paths.figure_file(data, k) for k in paths.FIGURE_KINDS
+                if k != "dyncim" or "dyncim" in job["run"]["methods"]})
+    robustness = Path(args.robustness) if args.robustness else root / paths.robustness_file(data)
+    for path in write_all(job, data, outputs, root, robustness if "robustness" in outputs else None).values():
+        print(path)
+
+
+def cmd_report_md(args):
+    from .report_md import write
+    job = _job(args, lambda C, p: C.report_job(p))
+    root = Path(args.root)
+    out = Path(args.out) if args.out else root / paths.REPORT
+    robustness, figures = {}, {}
+    for data in job["run"]["datasets"]:
+        if (r := root / paths.robustness_file(data)).is_file():
+            robustness[data] = r
+        figs = {k: root / paths.figure_file(data, k) for k in paths.FIGURE_KINDS}
+        figures[data] = {k: f for k, f in figs.items() if f.is_file()}
+    write(job, out, root, robustness, figures)
+    print(out)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -155,7 +203,24 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--root", default=".")
     for key, path in paths.SUMMARY.items():
         s.add_argument(f"--{key}", help=f"default: <root>/{path}")
+    s.add_argument("--metrics", help=f"DVC metrics folder; default: <root>/{paths.METRICS_DIR}")
     s.add_argument("--quiet", action="store_true", help="write the files, print nothing")
+    s = add("robustness", cmd_robustness, "evaluate every trained model of one data configuration with one "
+                                          "modality corrupted at test time")
+    s.add_argument("--data", help="data configuration (without --job)")
+    s.add_argument("--features", help=f"default: <root>/{paths.features_file('<data>')}")
+    s.add_argument("--root", default=".", help="where models/ are read and results/ go")
+    s.add_argument("--json", help=f"default: <root>/{paths.robustness_file('<data>')}")
+    s.add_argument("--csv", help=f"default: <root>/{paths.robustness_csv('<data>')}")
+    s = add("figures", cmd_figures, "draw one data configuration's figures from the results")
+    s.add_argument("--data", help="data configuration (without --job)")
+    s.add_argument("--root", default=".", help="where results/ and runs/ are read")
+    s.add_argument("--robustness", help=f"the sweep's JSON; default: <root>/{paths.robustness_file('<data>')}")
+    s.add_argument("--out", nargs="+", help=f"figures to draw, each <kind>.png, kinds {list(paths.FIGURE_KINDS)}; "
+                                            f"default: all, at <root>/{paths.figure_file('<data>', '<kind>')}")
+    s = add("report-md", cmd_report_md, "write REPORT.md: tables, significance, robustness, figures")
+    s.add_argument("--root", default=".", help="where results/ are read")
+    s.add_argument("--out", help=f"default: <root>/{paths.REPORT}")
     return ap
 
 

@@ -5,6 +5,7 @@ Deliberately torch-free, so the Snakefile can import it without paying torch's s
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 from pathlib import Path
@@ -23,9 +24,16 @@ class ParamsError(ValueError):
     """params.yaml is not valid; the message names the key and what is allowed."""
 
 
-def load_schema() -> dict:
+@functools.lru_cache(maxsize=1)
+def _schema() -> dict:
     with open(SCHEMA_PATH) as f:
-        return yaml.safe_load(f)
+        return yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))   # libyaml where built
+
+
+def load_schema() -> dict:
+    """The params schema, parsed once per process (evaluation completes every checkpoint's method
+    configuration from it); a copy, so that callers may change theirs."""
+    return copy.deepcopy(_schema())
 
 
 # Training defaults: the schema's `$defs/train` defaults (the one place they are written).
@@ -249,6 +257,23 @@ def report_job(params: dict) -> dict:
     return {"run": params["run"],
             "methods": {m: {"type": params["methods"][m]["type"], "seeds": params["methods"][m]["seeds"]}
                         for m in params["run"]["methods"]}}
+
+
+def robustness_job(params: dict, data: str) -> dict:
+    """The sweep of one data set: every method and seed of the run list, the noise levels and seed."""
+    return {**evaluate_job(params, data), "robustness": params["robustness"]}
+
+
+def figures_job(params: dict, data: str) -> dict:
+    """The figures of one data set: its run list, the methods' types (DynCIM's ablations get a
+    panel of their own) and seeds."""
+    return {**report_job(params), "run": {"datasets": [data], "methods": params["run"]["methods"]}}
+
+
+def figure_kinds(params: dict) -> list[str]:
+    """The figures every data set gets: DynCIM's trajectories only where `dyncim` runs."""
+    from .paths import FIGURE_KINDS
+    return [k for k in FIGURE_KINDS if k != "dyncim" or "dyncim" in params["run"]["methods"]]
 
 
 def job_json(job: dict) -> str:

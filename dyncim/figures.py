@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from . import paths, stats
 from .atomic import atomic_path
 
-KINDS = ("accuracy", "rebalance", "curves", "dyncim", "robustness")
+KINDS = paths.FIGURE_KINDS
 DPI = 100
 # DynCIM's per-epoch TensorBoard scalars (dyncim.methods.dyncim.DynCIM.log)
 PER_MODALITY = (("gmr", "GMR"), ("hmir", "HMIR"), ("beta", "β (× M)"), ("gate_mean", "mean gate"))
@@ -247,9 +247,10 @@ def curve_groups(params: dict, labels: list[str]) -> dict:
 
 
 def default_outputs(data: str, out_dir: str | Path | None = None) -> dict:
-    """{kind: results/figures/<data>/<kind>.png} (or under `out_dir`)."""
-    d = Path(out_dir) if out_dir is not None else Path("results/figures") / data
-    return {k: d / f"{k}.png" for k in KINDS}
+    """{kind: dyncim.paths.figure_file(data, kind)} (or <out_dir>/<kind>.png)."""
+    if out_dir is not None:
+        return {k: Path(out_dir) / f"{k}.png" for k in KINDS}
+    return {k: Path(paths.figure_file(data, k)) for k in KINDS}
 
 
 def write_all(params: dict, data: str, outputs: dict, root: str | Path = ".",

@@ -61,6 +61,39 @@ def eval_file(data: str, method: str, seed) -> str:
 
 SUMMARY = {"md": "results/summary.md", "csv": "results/summary.csv", "json": "results/summary.json"}
 
+# The DVC metrics: one small JSON per method ({data: mean test accuracy}) and DynCIM's margin over
+# joint, so that `dvc metrics show` prints a row per method and a column per data set.
+METRICS_DIR = "results/metrics"
+
+
+def metrics_file(name: str) -> str:
+    return f"{METRICS_DIR}/{name}.json"
+
+
+def robustness_file(data: str) -> str:
+    """The robustness sweep's record of a data set (every run's accuracy under corruption)."""
+    return f"results/robustness/{data}.json"
+
+
+# Long-form CSVs of the sweep, in a tree of their own: DVC mis-parses a plots folder mixing CSV
+# and JSON.
+ROBUSTNESS_PLOTS = "results/robustness-curves"
+
+
+def robustness_csv(data: str) -> str:
+    return f"{ROBUSTNESS_PLOTS}/{data}.csv"
+
+
+FIGURE_KINDS = ("accuracy", "rebalance", "curves", "dyncim", "robustness")   # dyncim.figures draws them
+
+
+def figure_file(data: str, kind: str) -> str:
+    return f"results/figures/{data}/{kind}.png"
+
+
+REPORT = "results/REPORT.md"
+HTML_REPORT = "results/report.html"
+
 
 def log_file(rule: str, *wildcards) -> str:
     """A Snakemake job's stdout and stderr."""

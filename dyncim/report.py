@@ -1,7 +1,12 @@
-"""Aggregate the per-run evaluation JSONs into results/summary.{csv,md,json} (mean ± std over seeds).
+"""Aggregate the per-run evaluation JSONs into results/summary.{csv,md,json} (mean ± std over seeds)
+and the DVC metrics folder.
 
-summary.json is the DVC metrics file (DVC cannot read a CSV as metrics); summary.csv holds the
-same numbers in long form; summary.md is the table `make run` prints.
+summary.json holds every statistic (mean and std of each metric, method and data set); summary.csv
+the same numbers in long form; summary.md is the table `make run` prints. The DVC metrics
+(dyncim.paths.METRICS_DIR) keep only the headline figures a person compares across commits, one
+small JSON per method ({data set: mean test accuracy}) and DynCIM's margin over joint, so that
+`dvc metrics show` prints a row per method and a column per data set, and `dvc metrics diff`
+lists only what moved.
 """
 from __future__ import annotations
 
@@ -11,8 +16,11 @@ import json
 import statistics
 from pathlib import Path
 
-from . import paths
-from .atomic import write_json, write_text
+from . import paths, stats
+from .atomic import write_json, write_json_dir, write_text
+
+# The margin's metrics file; '_' cannot start a method name (the schema), so it names no method.
+MARGIN = "_dyncim-minus-joint"
 
 
 def _stats(values):
@@ -84,11 +92,28 @@ def markdown(table: dict, params: dict) -> str:
     return "\n".join(out)
 
 
+def headline(params: dict, root: Path) -> dict:
+    """The DVC metrics: {method: {data: mean test accuracy}} (methods with a fused prediction) and
+    {MARGIN: {data: DynCIM's accuracy minus joint's}}, the margin averaged over the seeds both ran
+    (paired, as REPORT.md's Δ), where both are in the run list. Rounded to 4 decimals."""
+    out: dict = {}
+    for data in params["run"]["datasets"]:
+        acc = stats.per_seed(stats.load_runs(params, data, root), "acc")
+        for method, values in acc.items():
+            if values:
+                out.setdefault(method, {})[data] = round(statistics.fmean(values.values()), 4)
+        if acc.get("dyncim") and acc.get("joint"):
+            diff = stats.paired_test(acc["dyncim"], acc["joint"])["mean_diff"]
+            if diff is not None:
+                out.setdefault(MARGIN, {})[data] = round(diff, 4)
+    return out
+
+
 def write(params: dict, root: Path = Path("."), outputs: dict[str, Path] | None = None) -> str:
     """`params`: resolved params or a report job's configuration (dyncim.config.report_job);
-    `outputs`: {"md", "csv", "json"} paths (default, and for each one left out: dyncim.paths
-    under `root`)."""
-    out = {k: root / v for k, v in paths.SUMMARY.items()} | (outputs or {})
+    `outputs`: {"md", "csv", "json", "metrics"} paths (default, and for each one left out:
+    dyncim.paths under `root`)."""
+    out = {k: root / v for k, v in paths.SUMMARY.items()} | {"metrics": root / paths.METRICS_DIR} | (outputs or {})
     table = collect(params, root)
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -102,4 +127,5 @@ def write(params: dict, root: Path = Path("."), outputs: dict[str, Path] | None 
     write_text(out["md"], md + "\n")
     write_json(out["json"], {d: {m: {f"{k}_{s}": round(v[s], 6) for k, v in ms.items() for s in ("mean", "std")}
                                           for m, ms in methods.items()} for d, methods in table.items()})
+    write_json_dir(out["metrics"], headline(params, root))
     return md

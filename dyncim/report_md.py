@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from . import stats
+from . import paths, stats
 from .atomic import write_text
 
 REFERENCES = ("joint", "dyncim")
@@ -191,7 +191,7 @@ def data_section(params: dict, data: str, runs: dict, out: Path, robustness: dic
     return lines
 
 
-def build(params: dict, out: str | Path = "results/REPORT.md", root: str | Path = ".",
+def build(params: dict, out: str | Path = paths.REPORT, root: str | Path = ".",
           robustness: dict | None = None, figures: dict | None = None) -> str:
     """REPORT.md's text. `params`: resolved params or a report job's configuration (run.datasets,
     run.methods, methods.<m>.type and .seeds); evaluation JSONs are read under `root`
@@ -217,7 +217,7 @@ def build(params: dict, out: str | Path = "results/REPORT.md", root: str | Path 
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write(params: dict, out: str | Path = "results/REPORT.md", root: str | Path = ".",
+def write(params: dict, out: str | Path = paths.REPORT, root: str | Path = ".",
           robustness: dict | None = None, figures: dict | None = None) -> str:
     """Build REPORT.md (see `build`) and write it atomically to `out`."""
     text = build(params, out, root, robustness, figures)

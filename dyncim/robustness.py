@@ -25,9 +25,13 @@ import torch
 
 from . import paths, stats
 from .atomic import write_json, write_text
+from .config import load_schema
 
-LEVELS = (0.0, 0.5, 1.0, 2.0, 4.0)   # noise std, in units of the modality's train feature std
-NOISE_SEED = 0
+# The defaults of params.yaml's `robustness` (the schema writes them once): noise std in units of
+# the modality's train feature std, and the seed of the noise draw.
+_DEFAULTS = load_schema()["properties"]["robustness"]["properties"]
+LEVELS = tuple(_DEFAULTS["levels"]["default"])
+NOISE_SEED = _DEFAULTS["seed"]["default"]
 
 
 def corrupted_copies(feats, index: torch.Tensor, levels=LEVELS, seed: int = NOISE_SEED):

@@ -10,7 +10,8 @@ METHOD_FILES = {f"dyncim/methods/{e.module}.py" for e in CATALOG.values()}
 # dvc.yaml stage -> the steps (and method types) its Snakemake target runs
 STAGES = {"download": [("download", ())], "features": [("split", ()), ("features", ())],
           "train": [("train", tuple(CATALOG))], "evaluate": [("evaluate", tuple(CATALOG))],
-          "report": [("report", ())]}
+          "robustness": [("robustness", tuple(CATALOG))],
+          "report": [("report", ()), ("figures", ()), ("report_md", ())]}
 
 
 def test_train_runs_the_config_module_and_only_its_own_method():

@@ -6,7 +6,7 @@ from dyncim import paths
 from dyncim.train.job import run_paths
 from tests.conftest import REPO
 
-CONVENTION = re.compile(r"^(data/(raw|splits|features)|models/|runs/|results/(eval|curves|summary)|logs/)")
+CONVENTION = re.compile(r"^(data/(raw|splits|features)|models/|runs/|results/(eval|curves|summary|metrics|robustness|figures|REPORT|report)|logs/)")
 
 
 def test_paths_give_snakemake_patterns_and_concrete_paths():

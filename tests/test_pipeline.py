@@ -18,10 +18,13 @@ import yaml
 from snakemake.utils import update_config
 
 from dyncim import config as C
+from dyncim import paths
 from dyncim.data.mfeat import DIMS
 from tests.conftest import copy_repo, venv_env
 
 TINY = "tests/configs/tiny.yaml"
+# what a change to every training job of the tiny configuration re-runs after training
+AFTER_TRAINING = {"all": 1, "evaluate": 2, "robustness": 2, "figures": 2, "report": 1, "report_md": 1}
 
 
 def user_given_mfeat(repo):
@@ -128,7 +131,7 @@ def test_snakemake_end_to_end_incremental(built):
     summary = (repo / "results" / "summary.md").read_text()
     assert "## mfeat-fou-mor" in summary and "## synthetic-bi" in summary and "| joint |" in summary
     evals = sorted((repo / "results" / "eval").rglob("*.json"))
-    assert len(evals) == 2 * 2 * 2
+    assert len(evals) == 2 * 3 * 2
     res = json.loads((repo / "results/eval/synthetic-bi/joint/seed1.json").read_text())
     assert 0 <= res["acc"] <= 1 and set(res["modalities"]) == {"dominant", "xor"}
     assert list((repo / "runs/mfeat-fou-mor/joint/seed0").glob("events.out.tfevents.*"))
@@ -145,9 +148,95 @@ def test_snakemake_end_to_end_incremental(built):
 
     # `--config` changes the jobs' configuration, hence their rerun trigger
     counts = dry_counts(repo, "--config", "train={lr: 0.02}")
-    assert counts == {"all": 1, "evaluate": 2, "report": 1, "train": 4}, counts
+    assert counts == {**AFTER_TRAINING, "train": 6}, counts
     counts = dry_counts(repo, "--config", "methods={joint: {train: {lr: 0.02}}}")  # only joint's own change
-    assert counts == {"all": 1, "evaluate": 2, "report": 1, "train": 2}, counts
+    assert counts == {**AFTER_TRAINING, "train": 2}, counts
+
+
+def tiny_params(repo) -> dict:
+    """params.yaml merged with the tiny configuration and resolved, as the Snakefile sees it."""
+    p = yaml.safe_load((repo / "params.yaml").read_text())
+    update_config(p, yaml.safe_load((repo / TINY).read_text()))
+    return C.resolve(p)
+
+
+def png_pixels(path) -> np.ndarray:
+    """A PNG's pixels (H, W, channels, floats in [0, 1]), after checking its signature."""
+    import matplotlib.image
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    return matplotlib.image.imread(path)
+
+
+def blank(pixels: np.ndarray) -> bool:
+    """A page or figure with (almost) nothing drawn: under 1 % of pixels differ from the most common colour."""
+    flat = (pixels[..., :3] * 255).round().astype(np.uint8).reshape(-1, 3)
+    colours, counts = np.unique(flat, axis=0, return_counts=True)
+    return counts.max() > 0.99 * len(flat) or len(colours) < 8
+
+
+@pytest.mark.slow
+def test_report_figures_robustness_and_metrics_of_the_run(built):
+    from tests.test_report_md import check_report
+    repo, p = built, tiny_params(built)
+    # REPORT.md: every number recomputed from the per-run JSONs and the robustness records
+    rob = {d: repo / paths.robustness_file(d) for d in p["run"]["datasets"]}
+    kinds = C.figure_kinds(p)
+    assert kinds == list(paths.FIGURE_KINDS)   # dyncim runs: its trajectories are drawn too
+    figs = {d: {k: repo / paths.figure_file(d, k) for k in kinds} for d in p["run"]["datasets"]}
+    report = repo / paths.REPORT
+    found = check_report(report.read_text(), C.report_job(p), repo, report, rob, figs)
+    assert all(abl is None and len(r) == 2 for _, abl, r in found.values())   # 2 modalities each
+    # figures: valid PNGs of plausible size, not blank
+    for d, kinds_ in figs.items():
+        for kind, f in kinds_.items():
+            pixels = png_pixels(f)
+            assert pixels.shape[0] >= 300 and pixels.shape[1] >= 400 and not blank(pixels), f
+    # robustness: level 0 is each run's clean test accuracy, as the evaluate step measured it
+    for d in p["run"]["datasets"]:
+        record = json.loads(rob[d].read_text())
+        assert set(record["runs"]) == {"joint", "dyncim"} and "unimodal" in record["skipped"]
+        assert record["levels"] == p["robustness"]["levels"]
+        for m, seeds in record["runs"].items():
+            for s, r in seeds.items():
+                acc = json.loads((repo / paths.eval_file(d, m, s)).read_text())["acc"]
+                assert r["clean"] == acc and r["modalities"]["fou" if d.startswith("mfeat") else "dominant"]["levels"][0] == acc
+        rows = (repo / paths.robustness_csv(d)).read_text().splitlines()
+        assert rows[0] == "method,modality,corruption,level,acc_mean,acc_std,n" and len(rows) == 1 + 2 * 2 * (5 + 1)
+    # DVC metrics: a file per method with a fused prediction, and DynCIM's margin over joint
+    metrics = {f.stem: json.loads(f.read_text()) for f in (repo / paths.METRICS_DIR).glob("*.json")}
+    assert set(metrics) == {"joint", "dyncim", "_dyncim-minus-joint"}
+    for d in p["run"]["datasets"]:
+        acc = {m: [json.loads((repo / paths.eval_file(d, m, s)).read_text())["acc"] for s in (0, 1)]
+               for m in ("joint", "dyncim")}
+        assert metrics["joint"][d] == round(float(np.mean(acc["joint"])), 4)
+        assert metrics["_dyncim-minus-joint"][d] == round(float(np.mean(np.subtract(acc["dyncim"], acc["joint"]))), 4)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.slow
+def test_snakemake_html_report_opens_in_a_browser(built, tmp_path):
+    """`snakemake --report` (what `make report` runs) gives a self-contained HTML report with the
+    figures and tables; headless Chromium renders it (a screenshot, checked to be non-blank)."""
+    repo = clone(built, tmp_path / "repo")
+    html = repo / paths.HTML_REPORT
+    snakemake(repo, "--report", str(html))
+    text = html.read_text()
+    assert html.stat().st_size > 100_000
+    for name in ("REPORT.md", "accuracy.png", "dyncim.png", "robustness.png", "synthetic-bi.csv"):
+        assert name in text, name
+    if CHROMIUM is None:
+        pytest.skip("chromium not installed (Debian package chromium; .ci/run installs it): "
+                    "the report was built, not rendered")
+    shot = tmp_path / "report.png"
+    r = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                        f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1400,1000",
+                        "--virtual-time-budget=15000", f"--screenshot={shot}", html.as_uri()],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and shot.exists(), r.stderr[-2000:]
+    assert not blank(png_pixels(shot))
 
 
 @pytest.mark.slow
@@ -184,7 +273,7 @@ def test_quick_profile_runs_one_seed_of_few_epochs(tmp_path):
 def test_code_and_default_edits_rerun_the_jobs_that_run_them_under_snakemake(built):
     repo = built
     assert dry_counts(repo) == {}  # nothing to be done
-    full = {"all": 1, "evaluate": 2, "report": 1, "train": 4}
+    full = {**AFTER_TRAINING, "train": 6}
     with edited(repo / "dyncim/config.py", lambda t: t + "\n# edited\n"):
         assert dry_counts(repo) == full  # training runs the config module; split and features do not
     with edited(repo / "workflow/schemas/params.schema.yaml",
@@ -193,7 +282,7 @@ def test_code_and_default_edits_rerun_the_jobs_that_run_them_under_snakemake(bui
     with edited(repo / "dyncim/methods/joint.py", lambda t: t + "\n# edited\n"):
         r = snakemake(repo, "-n")
         out = r.stdout + r.stderr
-        assert job_counts(out) == {"all": 1, "evaluate": 2, "report": 1, "train": 2}
+        assert job_counts(out) == {**AFTER_TRAINING, "train": 2}
         assert out.count("method=joint") == 2 and "method=unimodal" not in out  # only joint's jobs train
     assert dry_counts(repo) == {}  # nothing to be done
 
@@ -219,13 +308,25 @@ def test_code_and_default_edits_rerun_training_under_dvc(dvc_repo):
 @pytest.mark.slow
 def test_dvc_repro_end_to_end(dvc_repo):
     repo = dvc_repo
-    shown = run(["dvc", "metrics", "show", "--json"], repo).stdout
-    metrics = json.loads(shown)
-    flat = json.dumps(metrics)
-    assert "results/summary.json" in flat and "acc_mean" in flat and "mfeat-fou-mor" in flat
+    shown = run(["dvc", "metrics", "show"], repo).stdout
+    # the headline figures only: a row per method with a fused prediction and DynCIM's margin,
+    # a column per data set
+    rows = [line.split() for line in shown.strip().splitlines()]
+    assert rows[0] == ["Path", "mfeat-fou-mor", "synthetic-bi"], shown
+    assert sorted(r[0] for r in rows[1:]) == ["results/metrics/_dyncim-minus-joint.json",
+                                               "results/metrics/dyncim.json", "results/metrics/joint.json"], shown
+    joint = json.loads((repo / "results/metrics/joint.json").read_text())
+    assert next(r for r in rows if r[0].endswith("/joint.json"))[1:] == [f"{joint['mfeat-fou-mor']:g}",
+                                                                         f"{joint['synthetic-bi']:g}"]
     plots = run(["dvc", "plots", "show", "-o", "plots"], repo)
     assert "failed to load" not in plots.stdout + plots.stderr
-    assert "val_acc" in (repo / "plots" / "index.html").read_text()
+    page = (repo / "plots" / "index.html").read_text()
+    assert "val_acc" in page and "results/robustness-curves/synthetic-bi.csv" in page and "acc_mean" in page
+    # (a path on the command line would be drawn with the default template, not dvc.yaml's)
+    spec = json.loads(run(["dvc", "plots", "show", "--json"],
+                          repo).stdout)["data"]["results/robustness-curves/synthetic-bi.csv"][0]["content"]
+    assert spec["spec"]["encoding"]["color"]["field"] == "method" and spec["facet"]["field"] == "modality"
+    assert {v["method"] for v in spec["data"]["values"]} == {"joint", "dyncim"}
     again = run(["dvc", "repro"], repo)
     assert "Running stage" not in again.stdout
     status = run(["dvc", "status"], repo)
@@ -238,6 +339,8 @@ def test_dvc_repro_end_to_end(dvc_repo):
     status = run(["dvc", "status"], repo).stdout
     assert "train:" in status and "features:" not in status
     (repo / "params.yaml").write_text(run(["git", "show", "HEAD:params.yaml"], repo).stdout)
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "2 epochs"], repo)
     exp = run(["dvc", "exp", "run", "-S", "train.epochs=3"], repo)
     out = exp.stdout + exp.stderr
     assert "Running stage 'train'" in out and "Running stage 'features'" not in out
@@ -245,6 +348,15 @@ def test_dvc_repro_end_to_end(dvc_repo):
     assert torch.load(repo / "models/synthetic-bi/joint/seed0/best.pt", weights_only=False)["train_cfg"]["epochs"] == 3
     shown = run(["dvc", "exp", "show", "--json"], repo).stdout
     assert "train.epochs" in shown or '"epochs": 3' in shown
+    # the metrics of two commits, side by side
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "3 epochs"], repo)
+    diff = json.loads(run(["dvc", "metrics", "diff", "HEAD~1", "HEAD", "--all", "--json"], repo).stdout)
+    new = json.loads((repo / "results/metrics/joint.json").read_text())
+    assert {d: (v["old"], v["new"]) for d, v in diff["results/metrics/joint.json"].items()} == \
+        {d: (joint[d], new[d]) for d in joint}
+    assert set(diff) == {"results/metrics/joint.json", "results/metrics/dyncim.json",
+                         "results/metrics/_dyncim-minus-joint.json"}
 
 
 @pytest.mark.slow

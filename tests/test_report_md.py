@@ -118,74 +118,100 @@ def tables(section: str) -> list[list[list[str]]]:
     return out
 
 
+def check_report(text: str, p: dict, root: Path, out: Path, rob: dict, figs: dict) -> dict:
+    """Recompute every number of REPORT.md `text` from the evaluation JSONs under `root` and the
+    robustness records `rob` ({data: path}) for the run list of job configuration `p`; check the
+    figure links `figs` ({data: {kind: path}}). Returns {data: (ranked, ablation, robustness
+    tables)} for further checks. Used on constructed numbers here and on a real run in
+    tests/test_pipeline.py."""
+    methods = p["run"]["methods"]
+    seeds = {m: p["methods"][m]["seeds"] for m in methods}
+    expected_numbers = set()
+    sections = text.split("\n## ")[1:]
+    assert [s.split("\n")[0] for s in sections] == p["run"]["datasets"]
+    found = {}
+    for section, data in zip(sections, p["run"]["datasets"]):
+        runs = {m: {s: json.loads((root / paths.eval_file(data, m, s)).read_text()) for s in seeds[m]}
+                for m in methods}
+        names = next(iter(runs[methods[0]].values()))["names"]
+        get = lambda r, key: r.get(key) if key in ("acc", "macro_f1") else r["modalities"][key[:-4]]["own"]
+        cols = ["acc", "macro_f1"] + [f"{n}_own" for n in names]
+        acc = {m: {s: r["acc"] for s, r in rs.items() if "acc" in r} for m, rs in runs.items()}
+        refs = [r for r in ("joint", "dyncim") if r in methods]
+        ablations = [m for m in methods if p["methods"][m]["type"] == "dyncim"]
+        tabs = tables(section)
+        ranked, rest = tabs[0], tabs[1:]
+        ablation = rest.pop(0) if len(ablations) > 1 else None
+        robust = rest
+        # ranked table: by mean accuracy, methods without a fused accuracy (unimodal) last
+        order = sorted([m for m in methods if acc[m]], key=lambda m: -statistics.fmean(acc[m].values()))
+        order += [m for m in methods if not acc[m]]
+        assert ranked[0] == ["rank", "method", "seeds", "accuracy", "macro-F1"] + [f"{n} own head" for n in names] + \
+            [f"Δ accuracy vs {r}" for r in refs]
+        assert [r[1] for r in ranked[1:]] == order
+        columns = [bold([ms([get(r, c) for r in runs[m].values()]) for m in order]) for c in cols]
+        for i, (m, row) in enumerate(zip(order, ranked[1:])):
+            want = [str(i + 1) if acc[m] else "—", m, str(len(seeds[m]))] + [col[i] for col in columns]
+            for ref in refs:
+                want.append("(reference)" if m == ref else delta(acc[m], acc[ref]) if acc[m] else "—")
+            assert row == want
+            expected_numbers.update(NUM.findall(" ".join(want)))
+        if ablation is not None:   # dyncim first, then its ablations in run-list order
+            assert [r[0] for r in ablation[1:]] == ablations
+            columns = [bold([ms([get(r, c) for r in runs[m].values()]) for m in ablations]) for c in cols]
+            for i, (m, row) in enumerate(zip(ablations, ablation[1:])):
+                want = [m, str(len(seeds[m]))] + [col[i] for col in columns] + \
+                       ["(reference)" if m == "dyncim" else delta(acc[m], acc["dyncim"])]
+                assert row == want
+                expected_numbers.update(NUM.findall(" ".join(want)))
+        # robustness: one table per modality, rows in the ranked order, from the per-run accuracies
+        if data in rob:
+            record = json.loads(Path(rob[data]).read_text())
+            levels = record["levels"]
+            assert len(robust) == len(names)
+            swept = [m for m in order if m in record["runs"]]
+            for name, table in zip(names, robust):
+                assert table[0] == ["method", "seeds", "σ = 0 (clean)"] + [f"σ = {lv:g}" for lv in levels[1:]] + ["missing"]
+                expected_numbers.update(NUM.findall(" ".join(table[0])))   # the levels
+                assert [r[0] for r in table[1:]] == swept
+                columns = []
+                for k in range(len(levels) + 1):
+                    vals = lambda m: [r["modalities"][name]["levels"][k] if k < len(levels) else r["modalities"][name]["missing"]
+                                      for r in record["runs"][m].values()]
+                    columns.append(bold([ms(vals(m)) for m in swept]))
+                for i, (m, row) in enumerate(zip(swept, table[1:])):
+                    want = [m, str(len(record["runs"][m]))] + [c[i] for c in columns]
+                    assert row == want
+                    expected_numbers.update(NUM.findall(" ".join(want)))
+                # level 0 is the clean accuracy: the same numbers as the ranked table's accuracy column
+                clean = {r[1]: r[3].strip("*") for r in ranked[1:]}
+                assert all(row[2].strip("*") == clean[row[0]] for row in table[1:])
+        else:
+            assert not robust
+        # the figures, linked relative to the report
+        for kind, f in figs.get(data, {}).items():
+            link = f"(figures/{data}/{kind}.png)"
+            assert link in section and (out.parent / link[1:-1]).resolve() == Path(f).resolve()
+        found[data] = (ranked, ablation, robust)
+    # no number in the report that was not recomputed here (bar the stated thresholds)
+    stray = set(NUM.findall(text)) - expected_numbers - {"0.05", "0.01"}
+    assert not stray, stray
+    return found
+
+
 def test_every_number_of_the_report_is_recomputed_from_the_run_jsons(tmp_path):
     rob, figs = fake_outputs(tmp_path)
     out = tmp_path / "results" / "REPORT.md"
     text = report_md.write(params(), out, root=tmp_path, robustness=rob, figures=figs)
     assert out.read_text() == text
-    expected_numbers = set()
-    sections = text.split("\n## ")[1:]
-    assert [s.split("\n")[0] for s in sections] == list(DATA)
-    for section, (data, names) in zip(sections, DATA.items()):
-        runs = {m: {s: json.loads((tmp_path / paths.eval_file(data, m, s)).read_text()) for s in seeds}
-                for m, seeds in SEEDS.items()}
-        get = lambda r, key: r.get(key) if key in ("acc", "macro_f1") else r["modalities"][key[:-4]]["own"]
-        cols = ["acc", "macro_f1"] + [f"{n}_own" for n in names]
-        acc = {m: {s: r["acc"] for s, r in rs.items() if "acc" in r} for m, rs in runs.items()}
-        ranked, ablation, *robust = tables(section)
-        # ranked table: by mean accuracy, unimodal (no fused accuracy) last
-        order = sorted([m for m in SEEDS if acc[m]], key=lambda m: -statistics.fmean(acc[m].values())) + ["unimodal"]
-        assert ranked[0] == ["rank", "method", "seeds", "accuracy", "macro-F1"] + [f"{n} own head" for n in names] + \
-            ["Δ accuracy vs joint", "Δ accuracy vs dyncim"]
-        assert [r[1] for r in ranked[1:]] == order
-        columns = [bold([ms([get(r, c) for r in runs[m].values()]) for m in order]) for c in cols]
-        for i, (m, row) in enumerate(zip(order, ranked[1:])):
-            want = [str(i + 1) if acc[m] else "—", m, str(len(SEEDS[m]))] + [col[i] for col in columns]
-            for ref in ("joint", "dyncim"):
-                want.append("(reference)" if m == ref else delta(acc[m], acc[ref]) if acc[m] else "—")
-            assert row == want
-            expected_numbers.update(NUM.findall(" ".join(want)))
+    found = check_report(text, params(), tmp_path, out, rob, figs)
+    for data, (ranked, ablation, robust) in found.items():
+        assert len(robust) == len(DATA[data]) and ablation is not None
         assert ranked[1][1] == "dyncim" and ranked[1][3].startswith("**")
         row = dict(zip(ranked[0], next(r for r in ranked if r[1] == "joint-sum")))
         assert row["Δ accuracy vs joint"].startswith("+0.000 (no test: identical")
         row = dict(zip(ranked[0], next(r for r in ranked if r[1] == "joint")))
         assert "†" in row["Δ accuracy vs dyncim"]   # dyncim ran 5 seeds, joint 3: paired on 3
-        # ablation table: dyncim first, then its ablations in run-list order
-        abl = ["dyncim", "dyncim-no-gate", "dyncim-no-sdc"]
-        assert [r[0] for r in ablation[1:]] == abl
-        columns = [bold([ms([get(r, c) for r in runs[m].values()]) for m in abl]) for c in cols]
-        for i, (m, row) in enumerate(zip(abl, ablation[1:])):
-            want = [m, str(len(SEEDS[m]))] + [col[i] for col in columns] + \
-                   ["(reference)" if m == "dyncim" else delta(acc[m], acc["dyncim"])]
-            assert row == want
-            expected_numbers.update(NUM.findall(" ".join(want)))
-        # robustness: one table per modality, rows in the ranked order, from the per-run accuracies
-        record = json.loads(rob[data].read_text())
-        assert len(robust) == len(names)
-        methods = [m for m in order if m in record["runs"]]
-        for name, table in zip(names, robust):
-            assert table[0] == ["method", "seeds", "σ = 0 (clean)", "σ = 0.5", "σ = 1", "σ = 2", "σ = 4", "missing"]
-            expected_numbers.update(NUM.findall(" ".join(table[0])))   # the levels
-            assert [r[0] for r in table[1:]] == methods
-            columns = []
-            for k in range(len(LEVELS) + 1):
-                vals = lambda m: [r["modalities"][name]["levels"][k] if k < len(LEVELS) else r["modalities"][name]["missing"]
-                                  for r in record["runs"][m].values()]
-                columns.append(bold([ms(vals(m)) for m in methods]))
-            for i, (m, row) in enumerate(zip(methods, table[1:])):
-                want = [m, str(len(record["runs"][m]))] + [c[i] for c in columns]
-                assert row == want
-                expected_numbers.update(NUM.findall(" ".join(want)))
-            # level 0 is the clean accuracy: the same numbers as the ranked table's accuracy column
-            clean = {r[1]: r[3].strip("*") for r in ranked[1:]}
-            assert all(row[2].strip("*") == clean[row[0]] for row in table[1:])
-        # the figures, linked relative to the report
-        for kind, f in figs[data].items():
-            link = f"(figures/{data}/{kind}.png)"
-            assert link in section and (out.parent / link[1:-1]).resolve() == f.resolve()
-    # no number in the report that was not recomputed here (bar the stated thresholds)
-    stray = set(NUM.findall(text)) - expected_numbers - {"0.05", "0.01"}
-    assert not stray, stray
     assert "Not in the sweep: unimodal" in text
     for said in ("within noise", "p < 0.001", "** (p = 0.00", "(no test: identical", ")†"):
         assert said in text, said
@@ -207,3 +233,34 @@ def test_report_without_robustness_or_figures(tmp_path):
     (tmp_path / paths.eval_file("d1", "mla", 2)).unlink()
     with pytest.raises(FileNotFoundError, match="seed2.json: missing"):
         report_md.build(params(), tmp_path / "R.md", root=tmp_path)
+
+
+def test_dvc_metrics_are_the_headline_figures_and_replace_the_folder_whole(tmp_path, monkeypatch):
+    from dyncim import report
+    fake_outputs(tmp_path)
+    out = tmp_path / "results" / "metrics"
+    out.mkdir(parents=True)
+    (out / "ghost.json").write_text("{}")   # a method no longer in the run list
+    report.write(params(), tmp_path)
+    files = {f.name for f in out.iterdir()}
+    assert files == {f"{m}.json" for m in SEEDS if m != "unimodal"} | {f"{report.MARGIN}.json"}
+    for data in DATA:
+        acc = {m: {s: json.loads((tmp_path / paths.eval_file(data, m, s)).read_text()).get("acc") for s in seeds}
+               for m, seeds in SEEDS.items()}
+        for m in SEEDS:
+            if m != "unimodal":
+                assert json.loads((out / f"{m}.json").read_text())[data] == round(statistics.fmean(acc[m].values()), 4)
+        # the margin: paired over the seeds both ran (joint's 3), not the difference of the 5- and 3-seed means
+        margin = statistics.fmean(acc["dyncim"][s] - acc["joint"][s] for s in SEEDS["joint"])
+        assert json.loads((out / f"{report.MARGIN}.json").read_text())[data] == round(margin, 4)
+    # a failure while writing leaves the previous folder as it was
+    before = {f.name: f.read_text() for f in out.iterdir()}
+    import dyncim.atomic as atomic
+
+    def broken(*a, **k):
+        raise OSError("disk full")
+    monkeypatch.setattr(atomic.json, "dumps", broken)
+    with pytest.raises(OSError, match="disk full"):
+        atomic.write_json_dir(out, {"joint": {"d1": 0.5}})
+    assert {f.name: f.read_text() for f in out.iterdir()} == before
+    assert not list(out.parent.glob(".metrics.*"))

@@ -29,6 +29,7 @@ P = resolve_config()
 DATASETS = P["run"]["datasets"]
 METHODS = P["run"]["methods"]
 GPU = 1 if dc.cuda_expected(P["device"]) else 0
+FIGURE_KINDS = dc.figure_kinds(P)
 
 # Jobs run `python -m dyncim`: the interpreter running Snakemake (the project's venv) comes first
 # on their PATH.

@@ -22,3 +22,32 @@ rule evaluate:
 rule evaluate_all:
     input:
         [eval_outputs(d) for d in DATASETS],
+
+
+# Every trained model of a data configuration on the test split with one modality corrupted at
+# test time (noise levels, missing); no re-training. The long-form CSV feeds DVC's plots.
+rule robustness:
+    input:
+        features=paths.features_file("{data}"),
+        models=[paths.manifest("{data}", m) for m in METHODS],
+        code=code("robustness", METHODS),
+    output:
+        json=paths.robustness_file("{data}"),
+        csv=report(
+            paths.robustness_csv("{data}"),
+            caption="../report/robustness.rst",
+            category="Robustness",
+            subcategory="{data}",
+        ),
+    log:
+        paths.log_file("robustness", "{data}"),
+    threads: P["threads"]
+    params:
+        job=job(dc.robustness_job, "data"),
+    shell:
+        "python -m dyncim robustness --job {params.job:q} --features {input.features} --json {output.json} --csv {output.csv} > {log} 2>&1"
+
+
+rule robustness_all:
+    input:
+        [paths.robustness_file(d) for d in DATASETS],
