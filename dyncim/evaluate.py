@@ -17,8 +17,8 @@ from torchmetrics.functional.classification import multiclass_accuracy, multicla
 from .atomic import write_json
 from .config import with_method_defaults
 from .data import features
+from .data.media_set import MediaSet, load_data
 from .data.synthetic import CORRUPTION_CODES
-from .models.multimodal import input_shape
 from .train.assemble import assemble
 from .train.inference import evaluate_split
 
@@ -49,7 +49,7 @@ def linear_probe(tr, ytr, va, yva, te, yte, n_classes: int) -> dict:
     return {"probe_val": best[0], "probe_ridge": best[1], "probe": best[2]}
 
 
-def load_run(path: Path, feats: features.FeatureSet, device):
+def load_run(path: Path, feats: features.FeatureSet | MediaSet, device):
     """Rebuild every part's model (and method, for its label-free prediction) from best.pt."""
     try:
         ck = torch.load(path, map_location=device, weights_only=False)
@@ -61,7 +61,7 @@ def load_run(path: Path, feats: features.FeatureSet, device):
     built = []
     for part in ck["parts"]:
         sub = feats.subset(part["modalities"])
-        dims = [input_shape(v) for v in sub.views]
+        dims = sub.shapes
         if dims != [d if isinstance(d, int) else tuple(d) for d in part["in_dims"]] or sub.names != part["names"]:
             raise ValueError(f"{path}: trained on modalities {part['names']} with input sizes {part['in_dims']}, "
                              f"but the feature file has {sub.names} with {dims}; retrain or use its feature file")
@@ -74,16 +74,23 @@ def load_run(path: Path, feats: features.FeatureSet, device):
     return ck, built
 
 
-def evaluate_run(path: Path, feats: features.FeatureSet, device="cpu") -> dict:
+def _cpu(out):
+    fused, parts, feats = out
+    return fused.cpu(), [p.cpu() for p in parts], [f.cpu() for f in feats]
+
+
+def evaluate_run(path: Path, feats: features.FeatureSet | MediaSet, device="cpu") -> dict:
+    """`feats` on `device` (a MediaSet: `feats.to(device)` first); the figures are computed on
+    the CPU from the model's outputs."""
     ck, built = load_run(path, feats, device)
     C_ = ck["n_classes"]
     idx = {s: feats.index(s) for s in ("train", "val", "test")}
-    y = {s: feats.labels[i] for s, i in idx.items()}
+    y = {s: feats.labels[i].cpu() for s, i in idx.items()}
     res = {"data": ck["data"], "method": ck["method"], "seed": ck["seed"], "names": list(feats.names),
            "modalities": {}}
     for part, sub, method, model in built:
         bs = ck["train_cfg"]["eval_batch_size"]
-        out = {s: evaluate_split(model, method, sub, idx[s], bs) for s in idx}
+        out = {s: _cpu(evaluate_split(model, method, sub, idx[s], bs)) for s in idx}
         fused, parts, _ = out["test"]
         if len(built) == 1:
             res["acc"] = _acc(fused, y["test"], C_)
@@ -100,7 +107,9 @@ def evaluate_run(path: Path, feats: features.FeatureSet, device="cpu") -> dict:
             res["modalities"][name] = r
         diag = getattr(method, "diagnostics", None)
         if diag is not None and len(built) == 1:
-            res["diagnostics"] = diag(model, sub, idx["test"])
+            # feature sets in one pass (as always); media in evaluation batches
+            res["diagnostics"] = diag(model, sub, idx["test"],
+                                      batch_size=None if isinstance(sub, features.FeatureSet) else bs)
     return res
 
 
@@ -127,8 +136,13 @@ def evaluate_data(params: dict, data: str, features_path: Path, root: Path = Pat
     if len(outputs) != len(runs):
         raise ValueError(f"evaluate {data}: {len(outputs)} output paths for {len(runs)} runs (methods x seeds)")
     torch.set_num_threads(params["threads"])
-    feats = features.load(features_path)
+    feats = load_data(features_path, params.get("resident_fraction", 0.5))
+    device = "cpu"
+    if isinstance(feats, MediaSet):  # ResNet-18 over every split: on the training device
+        from .train.job import pick_device
+        device = pick_device(params.get("device", "auto"))
+        feats = feats.to(device)
     for (method, seed), out in zip(runs, outputs):
-        res = evaluate_run(root / paths.best_model(data, method, seed), feats)
+        res = evaluate_run(root / paths.best_model(data, method, seed), feats, device)
         write_json(out, res)
     return list(outputs)

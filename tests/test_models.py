@@ -48,3 +48,25 @@ def test_build_model_picks_the_encoder_by_input_and_says_what_is_wrong():
         build_model([(1, 40, 36)], 6, "sum", CFG)
     with pytest.raises(ValueError, match="resnet18 takes"):
         build_model([12], 6, "sum", {**CFG, "encoder": "resnet18"})
+
+
+def test_encoder_auto_picks_by_input_rank_and_amp_defaults_to_float32_off_cuda():
+    import pytest
+    from dyncim.models.encoders import MLPEncoder
+    from dyncim.models.multimodal import prepare_for_device
+    from dyncim.models.resnet import ResNet18Encoder
+    from dyncim.models.sequence import SequenceEncoder
+    cfg = {**CFG, "encoder": "auto", "resnet_width": 8, "seq_dim": 8}
+    model = build_model([5, (6, 12), (1, 40, 36)], 3, "concat", cfg)
+    assert [type(e) for e in model.encoders] == [MLPEncoder, SequenceEncoder, ResNet18Encoder]
+    assert model.encoders[2].out_dim == 64  # 8 x the width
+    prepare_for_device(model, cfg, "cpu")
+    assert all(e.amp is None for e in model.encoders)  # auto: float32 on the CPU
+    prepare_for_device(model, {**cfg, "amp": "bf16"}, "cpu")
+    assert all(e.amp == torch.bfloat16 for e in model.encoders)
+    out = model.eval()([torch.randn(2, 5), torch.randn(2, 6, 12), torch.randn(2, 1, 40, 36)])
+    assert all(f.dtype == torch.float32 for f in out.feats) and out.fused.dtype == torch.float32
+    with pytest.raises(ValueError, match="transformer takes"):
+        build_model([(1, 40, 36)], 3, "sum", {**CFG, "encoder": "transformer"})
+    with pytest.raises(ValueError, match="amp 'fp8'"):
+        prepare_for_device(model, {**cfg, "amp": "fp8"}, "cpu")

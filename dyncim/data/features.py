@@ -61,6 +61,17 @@ class FeatureSet:
     def index(self, part: str) -> torch.Tensor:
         return torch.nonzero(self.split == SPLITS.index(part)).squeeze(1)
 
+    def batch(self, idx: torch.Tensor, train: bool = False, generator=None) -> list[torch.Tensor]:
+        """Each modality's model input for the samples `idx`: its feature rows. (`train` and
+        `generator` serve sets that augment training batches (`dyncim.data.media_set`); features
+        are not augmented, and no random number is drawn.)"""
+        return [v[idx] for v in self.views]
+
+    @property
+    def shapes(self) -> list:
+        """Each modality's per-sample input: an int for vectors, the shape for images / frame stacks."""
+        return [v.shape[1] if v.dim() == 2 else tuple(v.shape[1:]) for v in self.views]
+
     def to(self, device) -> "FeatureSet":
         return FeatureSet(self.names, self.n_classes, [v.to(device) for v in self.views],
                           self.labels.to(device), self.split.to(device),

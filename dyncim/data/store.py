@@ -19,10 +19,11 @@ redoing at most the samples written since the last commit, provided its plan (re
 labels, classes) is the same; otherwise it starts over. `finish()` writes index.csv and meta.json
 and renames the folder onto its final name, so a split folder that exists is complete.
 
-Reading (`open_split`): the arrays as read-only memory maps, the index as numpy arrays; training
-gathers batches with `Split.take(indices)` (one fancy-indexing copy per array, then
-`torch.from_numpy`) or moves a whole split onto the device when it fits. No decoding, no per-sample
-files.
+Reading (`open_split`): the arrays as read-only memory maps, the index as numpy arrays; batches
+with `Split.take(indices)` (one fancy-indexing copy per array, then `torch.from_numpy`). Training
+and evaluation read a store through `dyncim.data.media_set.MediaSet` (the three splits as one
+data set; batches gathered into pinned memory, or whole arrays kept on the device when they fit).
+No decoding, no per-sample files.
 """
 from __future__ import annotations
 

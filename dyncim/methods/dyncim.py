@@ -492,10 +492,10 @@ class DynCIM(Method):
                 writer.add_scalar(f"dyncim/gate_by_corruption/{key}", value, epoch)
 
     @torch.no_grad()
-    def diagnostics(self, model, data, index) -> dict:
-        """Test-split figures for the report: GMR, HMIR, β, mean gates (by corruption if known)."""
-        out = model([v[index] for v in data.views])
-        z = torch.stack(out.logits)
+    def diagnostics(self, model, data, index, batch_size: int | None = None) -> dict:
+        """Test-split figures for the report: GMR, HMIR, β, mean gates (by corruption if known).
+        `batch_size`: the forward pass in batches of that size (None: all of `index` at once)."""
+        z = stacked_logits(model, data, index, batch_size)
         lg, lh, _ = self._modality_terms(model.extra["mdc"])
         beta = self.betas(lg, lh)
         g = self.gates(model, z, lg, lh).cpu()
@@ -519,6 +519,13 @@ class DynCIM(Method):
         self.win_steps = state["win_steps"]
         for k in self.TENSORS:
             getattr(self, k).copy_(state[k])
+
+
+def stacked_logits(model, data, index, batch_size: int | None = None) -> torch.Tensor:
+    """(M, n, C) every modality's logits of the samples `index` (evaluation inputs)."""
+    step = len(index) if batch_size is None else batch_size
+    return torch.cat([torch.stack(model(data.batch(index[s:s + step])).logits)
+                      for s in range(0, len(index), max(step, 1))], 1)
 
 
 def gate_by_corruption(gate, codes, names) -> dict:

@@ -28,7 +28,7 @@ import torch
 from torch.nn import functional as F
 
 from .base import StepResult
-from .dyncim import EPS, MEMORY_COLUMNS, DynCIM, gate_by_corruption
+from .dyncim import EPS, MEMORY_COLUMNS, DynCIM, gate_by_corruption, stacked_logits
 
 PROJECTION_EPS = 1e-6     # added to a signal's batch standard deviation before dividing by it
 SIGNAL_WEIGHT_EPS = 1e-12  # added to each signal's weight, so that D is defined when no signal varies
@@ -347,9 +347,10 @@ class DynCIMReference(DynCIM):
         return gated_fusion(z, self.gate(model, z, gmr_m, hmir_m))
 
     @torch.no_grad()
-    def diagnostics(self, model, data, index) -> dict:
-        """Test-split figures for the report: GMR, HMIR, β, mean gates (by corruption if known)."""
-        z = torch.stack(model([v[index] for v in data.views]).logits)
+    def diagnostics(self, model, data, index, batch_size: int | None = None) -> dict:
+        """Test-split figures for the report: GMR, HMIR, β, mean gates (by corruption if known).
+        `batch_size`: the forward pass in batches of that size (None: all of `index` at once)."""
+        z = stacked_logits(model, data, index, batch_size)
         st = model.extra["mdc"]
         gmr_m, hmir_m, beta_m = self.modality_curriculum(st)
         g = (self.gate(model, z, gmr_m, hmir_m) if self.use_gate else torch.ones(z.shape[:2])).t().cpu()

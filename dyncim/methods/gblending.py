@@ -123,7 +123,7 @@ class GBlending(Method):
         tot = torch.zeros(len(heads), device=index.device)
         for start in range(0, len(index), batch_size):
             idx = index[start:start + batch_size]
-            xs = [v[idx] for v in data.views]
+            xs = data.batch(idx)
             y = data.labels[idx]
             for i, k in enumerate(heads):
                 tot[i] += F.cross_entropy(self._head_logits(model, xs, k), y, reduction="sum")
@@ -148,8 +148,8 @@ class GBlending(Method):
                 perm = tr[torch.randperm(len(tr), generator=gen).to(tr.device)]
                 for start in range(0, len(perm), bs):
                     idx = perm[start:start + bs]
-                    loss = F.cross_entropy(self._head_logits(probe, [v[idx] for v in data.views], k),
-                                           data.labels[idx])
+                    xs = data.batch(idx, train=True, generator=gen)  # media: augmented as in training
+                    loss = F.cross_entropy(self._head_logits(probe, xs, k), data.labels[idx])
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()

@@ -19,8 +19,10 @@ is slowed down, each by its own ratio.
 
 Deviations from the official code (each is also listed in docs/baselines.md):
 - Which gradients: the official code modulates only 4-D gradients (the conv kernels of the
-  ResNet encoders; biases and batch-norm parameters are left alone). Our encoders are MLPs, so
-  the analogue is every weight matrix (dim >= 2) of the encoder; biases are left alone too.
+  ResNet encoders; biases and batch-norm parameters are left alone). On feature sets our
+  encoders are MLPs, so the analogue is every weight matrix (dim >= 2) of the encoder; biases are
+  left alone too. With the ResNet-18 encoders (store-backed sets) the rule selects exactly the
+  conv kernels, as there.
 - Tie: at s_a == s_v the official `else` branch slows the audio encoder by 1 - tanh(alpha);
   here no modality is slowed at an exact tie (symmetric, and needed for the M-modality rule).
 - Older versions of the official `main.py` had the modality window test written as

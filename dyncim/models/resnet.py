@@ -1,11 +1,20 @@
-"""ResNet-18 encoders trained from scratch, as the audio-visual benchmarks use them (OGM-GE's recipe):
-a 1-channel ResNet-18 for the spectrogram, a 3-channel one for the frames, pooled over time.
+"""ResNet-18 encoders trained from scratch, as the audio-visual benchmarks use them (OGM-GE's recipe,
+github.com/GeWu-Lab/OGM-GE_CVPR2022 `models/backbone.py` and `basic_model.py`): a 1-channel
+ResNet-18 for the spectrogram (B, 1, F, T), a 3-channel one for the frames (B, T, 3, H, W), run on
+every frame and average-pooled over time and space (their `adaptive_avg_pool3d` of the visual
+feature map), both without a classifier; convolutions initialised as there (Kaiming normal,
+fan_out, ReLU gain), batch-norm weights ~ N(1, 0.02) and biases 0.
 Written out here (about 50 lines) because torchvision's wheels do not install beside the pinned torch.
+`width` (ours) scales every stage's channel count (64 = ResNet-18; tests use a tiny one).
+On CUDA the input is made channels-last (the conv kernels' fast layout; the model's weights are
+converted by `multimodal.prepare_for_device`).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from .encoders import Encoder
 
 
 class BasicBlock(nn.Module):
@@ -25,24 +34,33 @@ class BasicBlock(nn.Module):
         return torch.relu(out + (x if self.down is None else self.down(x)))
 
 
-class ResNet18Encoder(nn.Module):
-    """(B, C, H, W) -> (B, 512); with `frames`, (B, T, C, H, W) -> per-frame features averaged over T."""
+class ResNet18Encoder(Encoder):
+    """(B, C, H, W) -> (B, 8 * width); with `frames`, (B, T, C, H, W) -> per-frame features averaged over T."""
 
-    def __init__(self, in_channels: int, frames: bool = False):
+    def __init__(self, in_channels: int, frames: bool = False, width: int = 64):
         super().__init__()
         self.frames = frames
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64),
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width),
                                   nn.ReLU(), nn.MaxPool2d(3, 2, 1))
-        layers, cin = [], 64
-        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        layers, cin = [], width
+        for mult, stride in ((1, 1), (2, 2), (4, 2), (8, 2)):
+            cout = width * mult
             layers += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
             cin = cout
         self.layers = nn.Sequential(*layers)
-        self.out_dim = 512
+        self.out_dim = cin
+        for m in self.modules():  # OGM-GE's initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.normal_(m.weight, mean=1, std=0.02)
+                nn.init.constant_(m.bias, 0)
 
-    def forward(self, x):
+    def encode(self, x):
         if self.frames:
             B, T = x.shape[:2]
             x = x.flatten(0, 1)
+        if x.is_cuda:  # one copy into the conv kernels' layout (and autocast's dtype)
+            x = x.to(dtype=self.amp or x.dtype, memory_format=torch.channels_last)
         h = self.layers(self.stem(x)).mean((2, 3))
         return h.view(B, T, -1).mean(1) if self.frames else h

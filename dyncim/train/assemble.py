@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import torch
 
-from ..data.features import FeatureSet
 from ..methods import build as build_method
 from ..methods.base import Context, Method
 from ..models import MultimodalModel, build_model
-from ..models.multimodal import input_shape
+from ..models.multimodal import prepare_for_device
 
 
-def assemble(data: FeatureSet, method_cfg: dict, train_cfg: dict, device: torch.device,
+def assemble(data, method_cfg: dict, train_cfg: dict, device: torch.device,
              steps_per_epoch: int = 1, n_samples: int | None = None) -> tuple[Method, MultimodalModel]:
-    """The method and its model (on `device`) for the modalities of `data`."""
+    """The method and its model (on `device`, with its CUDA settings: `prepare_for_device`) for
+    the modalities of `data` (a FeatureSet or MediaSet)."""
     ctx = Context(names=data.names, n_classes=data.n_classes,
                   n_samples=len(data.labels) if n_samples is None else n_samples,
                   epochs=train_cfg["epochs"], steps_per_epoch=steps_per_epoch, device=device,
                   corrupted=data.corrupted)
     method = build_method(method_cfg, ctx)
-    model = build_model([input_shape(v) for v in data.views], data.n_classes, method.fusion, train_cfg)
+    model = build_model(data.shapes, data.n_classes, method.fusion, train_cfg)
     method.setup(model)
-    return method, model.to(device)
+    return method, prepare_for_device(model.to(device), train_cfg, device)

@@ -198,7 +198,9 @@ def eval_frames(x: torch.Tensor, size: int = 224, mean=IMAGENET_MEAN, std=IMAGEN
 
 
 class FrameAugment:
-    """The two transforms with fixed settings: `aug(frames, train=True, aspect=...)`."""
+    """The two transforms with fixed settings: `aug(frames, train=True, aspect=...)`; a
+    `generator` given to the call draws that batch's crops and flips instead of `self.generator`
+    (the trainer owns the generator, so that its state is saved with the run)."""
 
     def __init__(self, size: int = 224, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), flip_p: float = 0.5,
                  mean=IMAGENET_MEAN, std=IMAGENET_STD, dtype: torch.dtype = torch.float32,
@@ -206,8 +208,10 @@ class FrameAugment:
         self.size, self.scale, self.ratio, self.flip_p = size, scale, ratio, flip_p
         self.mean, self.std, self.dtype, self.generator = mean, std, dtype, generator
 
-    def __call__(self, frames: torch.Tensor, train: bool, aspect=1.0) -> torch.Tensor:
+    def __call__(self, frames: torch.Tensor, train: bool, aspect=1.0,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
         if train:
-            return train_frames(frames, self.size, self.generator, self.scale, self.ratio, self.flip_p,
-                                aspect, self.mean, self.std, self.dtype)
+            gen = self.generator if generator is None else generator
+            return train_frames(frames, self.size, gen, self.scale, self.ratio, self.flip_p, aspect,
+                                self.mean, self.std, self.dtype)
         return eval_frames(frames, self.size, self.mean, self.std, self.dtype)

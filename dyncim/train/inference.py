@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import torch
 
-from ..data.features import FeatureSet
-
 
 @torch.no_grad()
-def evaluate_split(model, method, data: FeatureSet, index: torch.Tensor, batch_size: int):
-    """Fused logits (as the method predicts, label-free), per-modality logits and features."""
+def evaluate_split(model, method, data, index: torch.Tensor, batch_size: int):
+    """Fused logits (as the method predicts, label-free), per-modality logits and features.
+    `data`: a FeatureSet or MediaSet (evaluation inputs: `data.batch(idx)`, never augmented)."""
     was_training = model.training
     model.eval()
-    fused, parts, feats = [], [[] for _ in data.views], [[] for _ in data.views]
+    M = len(data.names)
+    fused, parts, feats = [], [[] for _ in range(M)], [[] for _ in range(M)]
     for start in range(0, len(index), batch_size):
         idx = index[start:start + batch_size]
-        out = model([v[idx] for v in data.views])
+        out = model(data.batch(idx))
         fused.append(method.predict(model, out))
-        for m in range(len(data.views)):
+        for m in range(M):
             parts[m].append(out.logits[m])
             feats[m].append(out.feats[m])
     model.train(was_training)

@@ -23,8 +23,8 @@ from .. import config as C
 from .. import paths
 from ..atomic import torch_save, write_json, write_text
 from ..data import features
+from ..data.media_set import MediaSet, load_data
 from ..methods import method_class
-from ..models.multimodal import input_shape
 from .loop import Trainer
 
 
@@ -51,7 +51,7 @@ def run_paths(root: Path, data: str, method: str, seed: int) -> dict[str, Path]:
             "curves": root / paths.curves_file(data, method, seed)}
 
 
-def train_seed(params: dict, data: str, method: str, seed: int, feats: features.FeatureSet,
+def train_seed(params: dict, data: str, method: str, seed: int, feats: features.FeatureSet | MediaSet,
                root: Path, device: torch.device) -> Path:
     mcfg, tcfg = C.method_config(params, method, data), C.train_config(params, data, method)
     where = run_paths(root, data, method, seed)
@@ -69,7 +69,7 @@ def train_seed(params: dict, data: str, method: str, seed: int, feats: features.
         best = trainer.fit()
         saved.append({"modalities": modalities, "names": sub.names, "fusion": trainer.method.fusion,
                       "best_epoch": best["epoch"], "best_val_acc": best["val_acc"], "state": best["state"],
-                      "in_dims": [input_shape(v) for v in sub.views]})
+                      "in_dims": sub.shapes})
         rows += [{"part": name or "all", **r} for r in trainer.history]
     out = root / paths.best_model(data, method, seed)
     torch_save({"data": data, "method": method, "seed": seed, "method_cfg": mcfg, "train_cfg": tcfg,
@@ -89,14 +89,19 @@ def _write_curves(path: Path, rows: list[dict]) -> None:
 
 def train_job(params: dict, data: str, method: str, seeds: list[int], features_path: Path,
               root: Path = Path("."), manifest: Path | None = None) -> list[Path]:
-    """`params`: resolved params, or a train job's configuration (dyncim.config.train_job)."""
+    """`params`: resolved params, or a train job's configuration (dyncim.config.train_job).
+    `features_path`: the data configuration's feature file (a FeatureSet), or the folder of its
+    feature store (`<root>/{train,val,test}/`, a MediaSet: see dyncim.data.media_set)."""
     torch.set_num_threads(params["threads"])
     device = pick_device(params["device"])
-    feats = features.load(features_path)
-    want = C.n_modalities(params["datasets"][data])
-    if len(feats.names) != want:
-        raise ValueError(f"{features_path}: has {len(feats.names)} modalities, params.yaml's "
-                         f"datasets.{data} has {want}; rerun the features step")
+    feats = load_data(features_path, params.get("resident_fraction", 0.5))
+    ds = params["datasets"][data]
+    if ds["source"] in ("mfeat", "synthetic"):
+        want = C.n_modalities(ds)
+        if len(feats.names) != want:
+            raise ValueError(f"{features_path}: has {len(feats.names)} modalities, params.yaml's "
+                             f"datasets.{data} has {want}; rerun the features step")
+    feats = feats.to(device)  # once per job: a store is copied onto the device once, for every seed
     best = [train_seed(params, data, method, s, feats, root, device) for s in seeds]
     # The job's declared output, written last: it exists only when every seed is done.
     write_json(manifest or root / paths.manifest(data, method),

@@ -1,8 +1,12 @@
 """The one training loop every method runs on (methods plug in through dyncim.methods.base hooks).
 
-Full-batch data lives on the training device; batches are index slices of a seeded permutation,
+Feature sets live on the training device; batches are index slices of a seeded permutation,
 so the per-step work is tensor work with no host-device synchronisation: metrics accumulate as
-tensors and are read once per epoch. Validation picks the best epoch (never the test split).
+tensors and are read once per epoch. Store-backed sets (dyncim.data.media_set) gather, move and
+augment each batch through the same `data.batch(idx, train, generator)`, their augmentation drawn
+from the trainer's own generator (saved in the checkpoint). On CUDA, the encoders run in bfloat16
+autocast and convolutions channels-last (dyncim.models.multimodal.prepare_for_device).
+Validation picks the best epoch (never the test split).
 A resume checkpoint (model, optimiser, scheduler, RNG states, method state, best state, history)
 is written atomically every `checkpoint_every` epochs; a run restarted with the same configuration
 continues from it and ends exactly as an uninterrupted run (on CPU).
@@ -17,11 +21,13 @@ import torch
 from torch.nn import functional as F
 
 from ..atomic import remove_stale, torch_save
-from ..data.features import FeatureSet
 from .assemble import assemble
 from .inference import evaluate_split
 from .optim import make_optimizer, make_scheduler
 from .view import RunView
+
+
+AUGMENT_SEED = 0x5EED  # the augmentation generator's seed is the run's seed plus this
 
 
 class NonFiniteLoss(RuntimeError):
@@ -33,7 +39,7 @@ class CheckpointMismatch(RuntimeError):
 
 
 class Trainer:
-    def __init__(self, data: FeatureSet, method_cfg: dict, train_cfg: dict, seed: int,
+    def __init__(self, data, method_cfg: dict, train_cfg: dict, seed: int,
                  device: torch.device, ckpt_path: Path, log_dir: Path | None, fingerprint: str,
                  tag: str = ""):
         self.data, self.cfg, self.seed, self.device = data.to(device), train_cfg, seed, device
@@ -48,6 +54,8 @@ class Trainer:
         self.optimizer = make_optimizer(self.method.param_groups(self.model), train_cfg)
         self.scheduler = make_scheduler(self.optimizer, train_cfg)
         self.shuffle = torch.Generator().manual_seed(seed)
+        # crops and flips of training batches (store-backed sets; feature sets draw nothing)
+        self.augment = torch.Generator().manual_seed(seed + AUGMENT_SEED)
         self.epoch = 0
         self.best = {"val_acc": -1.0, "epoch": -1, "state": None}
         self.history: list[dict] = []
@@ -59,6 +67,7 @@ class Trainer:
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "method": self.method.state_dict(),
                 "rng": {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state(),
+                        "augment": self.augment.get_state(),
                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
                 "best": self.best, "history": self.history}
 
@@ -84,6 +93,8 @@ class Trainer:
         self.method.load_state_dict(s["method"])
         torch.set_rng_state(s["rng"]["torch"].cpu())
         self.shuffle.set_state(s["rng"]["shuffle"].cpu())
+        if "augment" in s["rng"]:
+            self.augment.set_state(s["rng"]["augment"].cpu())
         if s["rng"]["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([t.cpu() for t in s["rng"]["cuda"]])
         self.epoch, self.global_step = s["epoch"], s["global_step"]
@@ -109,7 +120,7 @@ class Trainer:
         first_bad = torch.full((), -1, device=self.device, dtype=torch.long)
         for step, start in enumerate(range(0, len(perm), bs)):
             idx = perm[start:start + bs]
-            xs = [v[idx] for v in data.views]
+            xs = data.batch(idx, train=True, generator=self.augment)
             y = data.labels[idx]
             out = method.forward(model, xs, idx)
             res = method.loss(model, out, y, idx)

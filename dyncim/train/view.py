@@ -5,7 +5,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ..data.features import FeatureSet
 from .inference import evaluate_split
 from .optim import make_optimizer
 
@@ -16,7 +15,8 @@ class RunView:
     seed: int
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    data: FeatureSet                # every split, on the training device
+    data: object                    # every split on the training device: a FeatureSet or MediaSet
+                                    # (model inputs: data.batch(idx, train, generator))
     train_idx: torch.Tensor
     val_idx: torch.Tensor
     train_cfg: dict                 # the resolved training configuration
