@@ -81,6 +81,29 @@ def cmd_features(args):
     build(job["dataset"], args.raw, args.split, args.out)
 
 
+def cmd_media(args):
+    from .data.paper_raw import bring_in
+    job = _job(args, lambda C, p: C.media_job(p, _media_dataset(C, p, args.data)))
+    out = Path(args.out) if args.out else Path(paths.media_ready(args.data))
+    print(bring_in(job["dataset"], out))
+
+
+def cmd_extract(args):
+    from .data.paper_store import build_store
+    job = _job(args, lambda C, p: C.features_job(p, _media_dataset(C, p, args.data)))
+    ready = Path(args.raw) if args.raw else Path(paths.media_ready(args.data))
+    out = Path(args.out) if args.out else Path(paths.store_ready(args.data))
+    print(build_store(job["dataset"], ready, out))
+
+
+def _media_dataset(C, p, name):
+    name = _dataset(C, p, name)
+    if not C.is_media(p["datasets"][name]):
+        raise C.ParamsError(f"--data {name!r}: source {p['datasets'][name]['source']!r} is not a paper-scale "
+                            f"set ({sorted(C.MEDIA_SOURCES)}); its features come from the features step")
+    return name
+
+
 def cmd_train(args):
     from .train.job import train_job
     job = _job(args, lambda C, p: C.train_job(p, _dataset(C, p, args.data), _method(C, p, args.method)))
@@ -119,7 +142,7 @@ def cmd_robustness(args):
     settings = job.get("robustness", {})   # absent: the schema's defaults (robustness.LEVELS, NOISE_SEED)
     write(job, data, features, Path(args.json or root / paths.robustness_file(data)),
           Path(args.csv or root / paths.robustness_csv(data)), root=root,
-          **{k: v for k, v in settings.items() if k in ("levels", "seed")})
+          device=job.get("device", "cpu"), **{k: v for k, v in settings.items() if k in ("levels", "seed")})
 
 
 def _figure_outputs(outs) -> dict:
@@ -186,6 +209,15 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--out", required=True)
         if name == "features":
             s.add_argument("--split", required=True)
+    s = add("media", cmd_media, "bring in a paper-scale set's raw files (download, or locate the user's copy)")
+    s.add_argument("--data", help="data configuration (without --job)")
+    s.add_argument("--out", help=f"the marker written last; its folder gets the files; "
+                                 f"default: {paths.media_ready('<data>')}")
+    s = add("extract", cmd_extract, "extract a paper-scale set's features into its store")
+    s.add_argument("--data", help="data configuration (without --job)")
+    s.add_argument("--raw", help=f"the media step's marker; default: {paths.media_ready('<data>')}")
+    s.add_argument("--out", help=f"the store's summary, written last; its folder gets the store; "
+                                 f"default: {paths.store_ready('<data>')}")
     s = add("train", cmd_train, "train one data configuration x method, for each seed")
     s.add_argument("--data", help="data configuration (without --job)")
     s.add_argument("--method", help="method (without --job)")

@@ -116,6 +116,8 @@ def resolve(raw: dict, source: str = "params.yaml") -> dict:
                 if c["modality"] >= n_mod:
                     raise ParamsError(f"{source}: datasets.{name}.synthetic.corrupt.{i}.modality: "
                                       f"{c['modality']} out of range; this set has {n_mod} modalities")
+        if is_media(ds):
+            ds["media"] = _fill_defaults(schema["$defs"]["media"], ds.get("media", {}))
         for key in ("method_train", "method_params"):
             for m in ds.get(key, {}):
                 if m not in params["methods"]:
@@ -174,8 +176,38 @@ def load(path: str | Path = "params.yaml") -> dict:
     return resolve(raw, str(path))
 
 
+# Paper-scale sources: raw media (or MOSEI's pickle) through feature extraction into a store
+# (dyncim.data.store), trained from it (dyncim.data.media_set); their modality counts.
+MEDIA_SOURCES = {"crema-d": 2, "kinetics-sounds": 2, "cmu-mosei": 3}
+
+
+def is_media(ds: dict) -> bool:
+    return ds["source"] in MEDIA_SOURCES
+
+
 def n_modalities(ds: dict) -> int:
+    if is_media(ds):
+        return MEDIA_SOURCES[ds["source"]]
     return len(ds["views"]) if ds["source"] == "mfeat" else len(ds["synthetic"]["modalities"])
+
+
+def data_device(params: dict, data: str) -> str:
+    """Where a data set's training and evaluation run: its own `device` where set; under `auto`,
+    the feature-vector sets (mfeat, synthetic: small MLPs, where a GPU's launch latency costs more
+    than it saves and jobs run in parallel, one per core) stay on the CPU and the paper-scale sets
+    use CUDA when there is one."""
+    ds = params["datasets"][data]
+    if "device" in ds:
+        return ds["device"]
+    if params["device"] == "auto" and not is_media(ds):
+        return "cpu"
+    return params["device"]
+
+
+def data_input(params: dict, data: str) -> str:
+    """What a data set's training reads: its feature file, or its store's `store.json`."""
+    from . import paths
+    return paths.store_ready(data) if is_media(params["datasets"][data]) else paths.features_file(data)
 
 
 def train_config(params: dict, data: str, method: str) -> dict:
@@ -233,14 +265,27 @@ def split_job(params: dict, split: str) -> dict:
 
 
 def features_job(params: dict, data: str) -> dict:
-    return {"dataset": dataset_config(params, data)}
+    """Feature vectors, or a paper-scale set's extraction: its source and the `media` settings that
+    shape the store (not where the raw files came from)."""
+    ds = dataset_config(params, data)
+    if is_media(ds):
+        keep = ("workers", "task") if ds["source"] == "cmu-mosei" else ("workers",)
+        return {"dataset": {"source": ds["source"], "media": {k: ds["media"][k] for k in keep}}}
+    return {"dataset": ds}
+
+
+def media_job(params: dict, data: str) -> dict:
+    """Bringing in a paper-scale set's raw files: its source and `media` settings."""
+    ds = params["datasets"][data]
+    return {"dataset": {"source": ds["source"], "media": ds["media"]}}
 
 
 def train_job(params: dict, data: str, method: str) -> dict:
     """One data set x method, every seed: the training and method configuration fully resolved
     (so that only what changes this job's result re-runs it)."""
     seeds = params["methods"][method]["seeds"]
-    return {"device": params["device"], "threads": params["threads"], "split": params["split"],
+    return {"device": data_device(params, data), "threads": params["threads"], "split": params["split"],
+            "resident_fraction": params["resident_fraction"],
             "seeds": seeds, "train": train_config(params, data, method),
             "datasets": {data: dataset_config(params, data)},
             "methods": {method: {**method_config(params, method, data), "seeds": seeds}},
@@ -249,7 +294,9 @@ def train_job(params: dict, data: str, method: str) -> dict:
 
 def evaluate_job(params: dict, data: str) -> dict:
     """Every method and seed of the run list on one data set."""
-    return {"threads": params["threads"], "run": {"datasets": [data], "methods": params["run"]["methods"]},
+    return {"threads": params["threads"], "device": data_device(params, data),
+            "resident_fraction": params["resident_fraction"],
+            "run": {"datasets": [data], "methods": params["run"]["methods"]},
             "methods": {m: {"seeds": params["methods"][m]["seeds"]} for m in params["run"]["methods"]}}
 
 

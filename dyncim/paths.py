@@ -22,6 +22,26 @@ def features_file(data: str) -> str:
     return f"data/features/{data}.pt"
 
 
+def media_dir(data: str) -> str:
+    """A paper-scale set's raw files (downloaded, or the manifest of the user's copy)."""
+    return f"data/raw/{data}"
+
+
+def media_ready(data: str) -> str:
+    """Written last when a paper-scale set's raw files are all in (names its clip list or pickle)."""
+    return f"{media_dir(data)}/ready.json"
+
+
+def store_dir(data: str) -> str:
+    """A paper-scale set's feature store: one folder per split (dyncim.data.store)."""
+    return f"data/features/{data}"
+
+
+def store_ready(data: str) -> str:
+    """Written last when every split of the store is extracted; training reads the store through it."""
+    return f"{store_dir(data)}/store.json"
+
+
 def model_dir(data: str, method: str) -> str:
     return f"models/{data}/{method}"
 

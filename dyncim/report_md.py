@@ -151,7 +151,8 @@ def robustness_tables(record: dict, order: list[str]) -> list[str]:
                                for r in record["runs"][m].values()) for m in methods]
             cols.append(_bold_best([_fmt(x) for x in s], [x["mean"] if x else None for x in s]))
         rows = [[m, str(len(record["runs"][m]))] + [c[i] for c in cols] for i, m in enumerate(methods)]
-        out += [f"**{name} corrupted** (test accuracy; noise σ in units of {name}'s train feature std)", ""]
+        unit = "input" if "input_stats" in record else "feature"
+        out += [f"**{name} corrupted** (test accuracy; noise σ in units of {name}'s train {unit} std)", ""]
         out += _table(header, rows) + [""]
     if record.get("skipped"):
         out += ["Not in the sweep: " + "; ".join(f"{m} ({why})" for m, why in record["skipped"].items()) + ".", ""]
@@ -182,9 +183,13 @@ def data_section(params: dict, data: str, runs: dict, out: Path, robustness: dic
         lines += [_link(figures["dyncim"], out, f"{data}: DynCIM's GMR, HMIR, β, gates, α and pace over training"), ""]
     if robustness is not None:
         lines += [f"### {data}: robustness (one modality corrupted at test time)", "",
-                  f"Gaussian noise of std σ × the modality's train feature std added to its test features "
-                  f"(the same draw, seed {robustness['noise_seed']}, for every method and seed), or the modality "
-                  f"missing (set to zeros, its train mean). σ = 0 is the clean test split.", ""]
+                  (f"Gaussian noise of std σ × the modality's train feature std added to its test features "
+                   f"(the same draw, seed {robustness['noise_seed']}, for every method and seed), or the modality "
+                   f"missing (set to zeros, its train mean). σ = 0 is the clean test split."
+                   if "input_stats" not in robustness else   # a store: noise on the model inputs
+                   f"Gaussian noise added to the modality's test inputs (the same draw, seed "
+                   f"{robustness['noise_seed']}, for every method and seed), or the modality missing; "
+                   f"{robustness['unit']}. σ = 0 is the clean test split."), ""]
         lines += robustness_tables(robustness, order)
         if "robustness" in figures:
             lines += [_link(figures["robustness"], out, f"{data}: accuracy against corruption"), ""]

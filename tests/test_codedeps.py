@@ -8,7 +8,7 @@ from tests.conftest import REPO
 
 METHOD_FILES = {f"dyncim/methods/{e.module}.py" for e in CATALOG.values()}
 # dvc.yaml stage -> the steps (and method types) its Snakemake target runs
-STAGES = {"download": [("download", ())], "features": [("split", ()), ("features", ())],
+STAGES = {"download": [("download", ()), ("media", ())], "features": [("split", ()), ("features", ()), ("extract", ())],
           "train": [("train", tuple(CATALOG))], "evaluate": [("evaluate", tuple(CATALOG))],
           "robustness": [("robustness", tuple(CATALOG))],
           "report": [("report", ()), ("figures", ()), ("report_md", ())]}

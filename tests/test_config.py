@@ -52,7 +52,7 @@ def test_snakemake_reads_params_yaml_as_the_cli_does():
                 assert got == want and {k: type(v) for k, v in got.items()} == {k: type(v) for k, v in want.items()}
             assert C.run_fingerprint(job, data, method) == C.run_fingerprint(p, data, method)
             assert job["methods"][method]["seeds"] == p["methods"][method]["seeds"]
-            assert (job["device"], job["threads"]) == (p["device"], p["threads"])
+            assert (job["device"], job["threads"]) == (C.data_device(p, data), p["threads"])
 
 
 def test_job_configurations_hold_only_what_the_job_reads(raw):
@@ -164,3 +164,51 @@ def test_gate_input_grad_needs_the_reference_implementation():
         C.resolve(p)
     p["methods"]["dyncim"]["impl"] = "reference"
     assert C.resolve(p)["methods"]["dyncim"]["gate_input_grad"] is True
+
+
+def test_paper_scale_data_sets(raw):
+    raw["datasets"]["crema-d"] = {"source": "crema-d"}
+    raw["datasets"]["ks"] = {"source": "kinetics-sounds", "media": {"from_dir": "/k400"}, "device": "cpu"}
+    raw["datasets"]["mosei"] = {"source": "cmu-mosei", "media": {"from_path": "/m.pkl", "task": "7class"}}
+    p = C.resolve(raw)
+    assert p["datasets"]["crema-d"]["media"]["workers"] == 4 and "base_url" not in p["datasets"]["crema-d"]["media"]
+    assert [C.n_modalities(p["datasets"][d]) for d in ("crema-d", "ks", "mosei")] == [2, 2, 3]
+    # where jobs run: feature-vector sets on the CPU under auto, paper-scale sets on the device
+    assert C.data_device(p, "mfeat-pix-zer") == "cpu" and C.data_device(p, "crema-d") == "auto"
+    assert C.data_device(p, "ks") == "cpu" and C.train_job(p, "crema-d", "joint")["device"] == "auto"
+    assert C.evaluate_job(p, "synthetic-bi")["device"] == "cpu"
+    # what reads the store vs the feature file
+    assert C.data_input(p, "crema-d") == "data/features/crema-d/store.json"
+    assert C.data_input(p, "mfeat-pix-zer") == "data/features/mfeat-pix-zer.pt"
+    # the extraction's configuration leaves out where the raw files came from (not a rerun trigger)
+    assert C.features_job(p, "ks") == {"dataset": {"source": "kinetics-sounds", "media": {"workers": 4}}}
+    assert C.features_job(p, "mosei")["dataset"]["media"] == {"workers": 4, "task": "7class"}
+    assert C.media_job(p, "ks")["dataset"]["media"]["from_dir"] == "/k400"
+
+
+@pytest.mark.parametrize("entry, expected", [
+    ({"source": "kinetics-sounds"}, ["datasets.kinetics-sounds", "media"]),
+    ({"source": "kinetics-sounds", "media": {"from_dir": "a", "clip_list": "b"}}, ["datasets.kinetics-sounds.media"]),
+    ({"source": "cmu-mosei", "media": {"url": "http://x/m.pkl"}}, ["datasets.cmu-mosei.media"]),
+    ({"source": "cmu-mosei", "media": {"url": "http://x", "sha256": "ab"}}, ["datasets.cmu-mosei.media"]),
+    ({"source": "crema-d", "media": {"base_url": "http://x", "from_dir": "/c"}}, ["datasets.crema-d.media"]),
+    ({"source": "crema-d", "views": ["pix", "zer"]}, ["datasets.crema-d"]),
+    ({"source": "crema-d", "media": {"workers": 0}}, ["datasets.crema-d.media.workers", "0"]),
+])
+def test_bad_paper_scale_entries_name_the_key(raw, entry, expected):
+    raw["datasets"][entry["source"]] = entry
+    with pytest.raises(C.ParamsError) as e:
+        C.resolve(raw)
+    for text in expected:
+        assert text in str(e.value), (text, str(e.value))
+
+
+def test_paper_profile_is_valid():
+    from snakemake.utils import update_config
+    p = yaml.safe_load((REPO / "params.yaml").read_text())
+    update_config(p, yaml.safe_load((REPO / "configs" / "paper.yaml").read_text()))
+    p = C.resolve(p, "params.yaml + configs/paper.yaml")
+    assert p["run"]["datasets"] == ["crema-d"] and len(p["run"]["methods"]) == 22
+    job = C.train_job(p, "cmu-mosei", "joint")
+    assert job["train"]["optimizer"] == "adamw" and job["train"]["lr_step"] == 20
+    assert C.train_job(p, "crema-d", "dyncim")["train"]["lr_step"] == 70

@@ -231,8 +231,11 @@ def open_media(root: str | Path, resident_fraction: float = 0.5, mmap: bool = Tr
 
 
 def load_data(path: str | Path, resident_fraction: float = 0.5):
-    """A data configuration's data: a store folder (MediaSet) or a feature file (FeatureSet)."""
+    """A data configuration's data: a store (its folder, or the JSON summary the pipeline writes
+    in it when it is complete: a MediaSet) or a feature file (FeatureSet)."""
     path = Path(path)
+    if path.suffix == ".json":
+        path = path.parent
     if path.is_dir():
         return open_media(path, resident_fraction)
     from .features import load

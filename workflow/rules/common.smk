@@ -28,7 +28,34 @@ def resolve_config():
 P = resolve_config()
 DATASETS = P["run"]["datasets"]
 METHODS = P["run"]["methods"]
-GPU = 1 if dc.cuda_expected(P["device"]) else 0
+MEDIA_DATASETS = [d for d in DATASETS if dc.is_media(P["datasets"][d])]
+
+
+def gpu(wildcards):
+    """The `gpu` resource a data set's training claims: 1 where it runs on CUDA (the feature-vector
+    sets stay on the CPU under device: auto, see dyncim.config.data_device)."""
+    return 1 if dc.cuda_expected(dc.data_device(P, wildcards.data)) else 0
+
+
+def media_resources(wildcards):
+    """The shipped files (split lists, manifests, class lists) a paper-scale set's steps read."""
+    folder = os.path.join(
+        "resources", "splits", P["datasets"][wildcards.data]["source"]
+    )
+    return (
+        sorted(
+            os.path.join(folder, f) for f in os.listdir(folder) if not f.startswith(".")
+        )
+        if os.path.isdir(folder)
+        else []
+    )
+
+
+def data_input(wildcards):
+    """The feature file, or the store's summary, that a data set's jobs read."""
+    return dc.data_input(P, wildcards.data)
+
+
 FIGURE_KINDS = dc.figure_kinds(P)
 
 # Jobs run `python -m dyncim`: the interpreter running Snakemake (the project's venv) comes first

@@ -1,4 +1,5 @@
-# Raw data, the fixed split and the compact feature file of each data configuration.
+# Raw data, the fixed split and the compact feature file of each data configuration; for the
+# paper-scale sets, their raw files and the feature store extracted from them.
 
 
 rule download_mfeat:
@@ -43,11 +44,47 @@ rule features:
         "python -m dyncim features --job {params.job:q} --split {input.split} --out {output} > {log} 2>&1"
 
 
+# A paper-scale set's raw files: downloaded (CREMA-D), located in the user's copy
+# (Kinetics-Sounds) or fetched (CMU-MOSEI's pickle); verified files are kept across reruns.
+rule media:
+    input:
+        resources=media_resources,
+        code=code("media"),
+    output:
+        paths.media_ready("{data}"),
+    log:
+        paths.log_file("media", "{data}"),
+    params:
+        job=job(dc.media_job, "data"),
+    shell:
+        "python -m dyncim media --job {params.job:q} --out {output} > {log} 2>&1"
+
+
+# Its feature store, extracted in parallel processes; finished clips are kept across reruns.
+rule extract:
+    input:
+        raw=paths.media_ready("{data}"),
+        resources=media_resources,
+        code=code("extract"),
+    output:
+        paths.store_ready("{data}"),
+    log:
+        paths.log_file("extract", "{data}"),
+    threads: lambda w: P["datasets"][w.data]["media"]["workers"]
+    params:
+        job=job(dc.features_job, "data"),
+    shell:
+        "python -m dyncim extract --job {params.job:q} --raw {input.raw} --out {output} > {log} 2>&1"
+
+
 rule download_all:
     input:
-        mfeat_raw()
-        if any(P["datasets"][d]["source"] == "mfeat" for d in DATASETS)
-        else [],
+        (
+            mfeat_raw()
+            if any(P["datasets"][d]["source"] == "mfeat" for d in DATASETS)
+            else []
+        ),
+        [paths.media_ready(d) for d in MEDIA_DATASETS],
     log:
         paths.log_file("download_all"),
     params:
@@ -58,4 +95,4 @@ rule download_all:
 
 rule features_all:
     input:
-        [paths.features_file(d) for d in DATASETS],
+        [dc.data_input(P, d) for d in DATASETS],

@@ -5,7 +5,7 @@
 
 rule evaluate:
     input:
-        features=paths.features_file("{data}"),
+        features=data_input,
         models=[paths.manifest("{data}", m) for m in METHODS],
         code=code("evaluate", METHODS),
     output:
@@ -13,6 +13,8 @@ rule evaluate:
     log:
         paths.log_file("evaluate", "{data}"),
     threads: P["threads"]
+    resources:
+        gpu=gpu,
     params:
         job=job(dc.evaluate_job, "data"),
     shell:
@@ -28,7 +30,7 @@ rule evaluate_all:
 # test time (noise levels, missing); no re-training. The long-form CSV feeds DVC's plots.
 rule robustness:
     input:
-        features=paths.features_file("{data}"),
+        features=data_input,
         models=[paths.manifest("{data}", m) for m in METHODS],
         code=code("robustness", METHODS),
     output:
@@ -42,6 +44,8 @@ rule robustness:
     log:
         paths.log_file("robustness", "{data}"),
     threads: P["threads"]
+    resources:
+        gpu=gpu,
     params:
         job=job(dc.robustness_job, "data"),
     shell:

@@ -5,7 +5,7 @@
 
 rule train:
     input:
-        features=paths.features_file("{data}"),
+        features=data_input,
         code=lambda w: code("train", [w.method]),
     output:
         paths.manifest("{data}", "{method}"),
@@ -13,7 +13,7 @@ rule train:
         paths.log_file("train", "{data}", "{method}"),
     threads: P["threads"]
     resources:
-        gpu=GPU,
+        gpu=gpu,
     params:
         job=job(dc.train_job, "data", "method"),
     shell:

@@ -1,0 +1,63 @@
+"""The pipeline's second step for the paper-scale sets: features extracted from the raw files
+(dyncim.data.paper_raw) into the store `data/features/<data>/<split>/` (dyncim.data.store), then
+its summary, written last (dyncim.paths.store_ready): what training reads.
+
+Resumable: clips already extracted are kept (dyncim.data.extract); the summary is written only
+once every split is complete, so a pipeline reruns an interrupted step, which then extracts only
+what is missing.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..atomic import write_json
+
+RECIPE = {"crema-d": "crema-d", "kinetics-sounds": "kinetics-sounds"}   # dyncim.data.extract.RECIPES
+
+
+def _ready(path: str | Path) -> tuple[Path, dict]:
+    path = Path(path)
+    try:
+        return path.parent, json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: missing; run the media step first") from None
+
+
+def build_store(ds: dict, ready: str | Path, summary_path: str | Path, log=print) -> Path:
+    """The store of data set configuration `ds` from the raw files `ready` names, into the folder
+    of `summary_path` (one subfolder per split; dyncim.paths.store_ready), then the summary (per
+    split: samples, failed clips); returns its path."""
+    from . import store
+    raw, rec = _ready(ready)
+    summary_path = Path(summary_path)
+    out = summary_path.parent
+    source = ds["source"]
+    if rec["source"] != source:
+        raise ValueError(f"{ready}: holds {rec['source']} files, the data set is {source}")
+    summary: dict = {"source": source, "splits": {}}
+    if source == "cmu-mosei":
+        from .mosei import load_mosei, write_mosei_store
+        info = json.loads((raw / "mosei.json").read_text())
+        data = load_mosei(raw / rec["pickle"], task=ds["media"]["task"])
+        write_mosei_store(data, out, source_sha256=info.get("sha256"))
+        summary["task"] = ds["media"]["task"]
+    else:
+        from .extract import extract_manifest
+        classes = _classes(source)
+        extract_manifest(raw / rec["clips"], RECIPE[source], out, classes, workers=ds["media"]["workers"], log=log)
+        summary["recipe"] = RECIPE[source]
+    for split in ("train", "val", "test"):
+        s = store.open_split(out / split)
+        summary["splits"][split] = {"samples": len(s), "failed": int((~s.ok).sum())}
+    write_json(summary_path, summary)
+    log(f"{source}: store {out}: " + ", ".join(f"{k} {v['samples']}" for k, v in summary["splits"].items()))
+    return summary_path
+
+
+def _classes(source: str) -> list[str]:
+    if source == "crema-d":
+        from .crema_d import LABELS
+        return list(LABELS)
+    from .kinetics_sounds import read_classes
+    return read_classes()
