@@ -36,7 +36,8 @@ SPLITS = ("train", "val", "test")
 CLIPS, PROBLEMS, SUMMARY = "clips.csv", "problems.csv", "summary.json"
 PROBLEM_COLUMNS = ("clip", "label", "split", "problem", "detail", "path")
 # problem: missing | unreadable (PyAV cannot open it) | no-audio | no-video (a stream is absent);
-# feature extraction appends `undecodable` (decoding failed past the probe) in the same format.
+# a clip whose decoding fails past the probe is recorded by feature extraction instead (the store's
+# index.csv `ok=0` with its error, and meta.json's `failed`).
 
 _ID = re.compile(r"([A-Za-z0-9_-]{11})(?:_(\d+)(?:_(\d+))?)?")
 

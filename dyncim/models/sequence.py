@@ -1,5 +1,6 @@
 """Sequence encoders for pre-extracted feature sequences (CMU-MOSEI: text, audio, vision, each
-(T = 50, d) per sample, see `dyncim.data.mosei`).
+(T, d) per sample: T = 50 in the word-aligned pickle; the unaligned one has 50 text steps and
+longer audio and vision sequences; see `dyncim.data.mosei`).
 
 `transformer` (the default, and what `encoder: auto` picks for (T, d) inputs): the unimodal path of
 MulT (Tsai et al., ACL 2019), whose features these are: a per-step linear projection to `dim`
@@ -9,7 +10,7 @@ late-fusion model: one layer per modality by default (MulT stacks cross-modal la
 methods fuse the modalities' features, so each encoder sees only its own sequence), and mean
 pooling over the steps rather than MulT's last step (short utterances are zero-padded to 50
 steps; a mean does not depend on which end holds the padding).
-`lstm`: a one-layer LSTM whose last hidden state is the feature, the recurrent per-modality
+`lstm`: an LSTM (`seq_layers` layers, one by default) whose last hidden state is the feature, the recurrent per-modality
 encoder of the LSTM-based MOSEI models (e.g. MISA, Self-MM); an alternative for comparison.
 """
 from __future__ import annotations
