@@ -1,15 +1,16 @@
-"""Every method of params.yaml through the real CLI on a tiny trimodal set, and what runs share."""
-import subprocess
-import sys
+"""Every method of params.yaml through the real CLI on a tiny trimodal set, and what runs share.
 
+The CLI runs in this process (`dyncim.cli.main`, the function `python -m dyncim` calls): the same
+argument parsing, params resolution and job code, without a torch import per method."""
 import pytest
 import torch
 import yaml
 
+from dyncim import cli
 from dyncim import config as C
 from dyncim.methods.catalog import CATALOG
 from dyncim.train.job import run_paths
-from tests.conftest import REPO, venv_env
+from tests.conftest import REPO
 
 PARAMS = C.resolve(yaml.safe_load((REPO / "params.yaml").read_text()))
 ONE_PER_TYPE = {}
@@ -42,21 +43,17 @@ def tiny(tmp_path_factory):
     for m in p["methods"].values():
         m.pop("seeds", None)
     (root / "params.yaml").write_text(yaml.safe_dump(p))
-    env = venv_env()
-    base = [sys.executable, "-m", "dyncim"]
-    subprocess.run(base + ["split", "--data", "tri", "--out", str(root / "s.csv"), "--params", str(root / "params.yaml")],
-                   check=True, env=env)
-    subprocess.run(base + ["features", "--data", "tri", "--split", str(root / "s.csv"), "--out", str(root / "f.pt"),
-                           "--params", str(root / "params.yaml")], check=True, env=env)
+    assert cli.main(["split", "--data", "tri", "--out", str(root / "s.csv"), "--params", str(root / "params.yaml")]) == 0
+    assert cli.main(["features", "--data", "tri", "--split", str(root / "s.csv"), "--out", str(root / "f.pt"),
+                     "--params", str(root / "params.yaml")]) == 0
     return root
 
 
 @pytest.mark.parametrize("method", sorted(ONE_PER_TYPE.values()))
-def test_each_method_trains_through_the_cli_on_three_modalities(tiny, method):
-    r = subprocess.run([sys.executable, "-m", "dyncim", "train", "--data", "tri", "--method", method,
-                        "--features", str(tiny / "f.pt"), "--root", str(tiny), "--params", str(tiny / "params.yaml")],
-                       capture_output=True, text=True, env=venv_env())
-    assert r.returncode == 0, r.stderr[-3000:]
+def test_each_method_trains_through_the_cli_on_three_modalities(tiny, method, capsys):
+    code = cli.main(["train", "--data", "tri", "--method", method, "--features", str(tiny / "f.pt"),
+                     "--root", str(tiny), "--params", str(tiny / "params.yaml")])
+    assert code == 0, capsys.readouterr().err[-3000:]
     ck = torch.load(tiny / f"models/tri/{method}/seed0/best.pt", weights_only=False)
     assert ck["method_cfg"]["type"] == PARAMS["methods"][method]["type"]
     assert all(torch.isfinite(v).all() for part in ck["parts"] for v in part["state"].values() if v.is_floating_point())

@@ -45,7 +45,7 @@ def test_build_model_picks_the_encoder_by_input_and_says_what_is_wrong():
     out = model.eval()([torch.randn(2, 1, 40, 36), torch.randn(2, 2, 3, 32, 32)])
     assert out.fused.shape == (2, 6)
     with pytest.raises(ValueError, match="encoder mlp takes vector features"):
-        build_model([(1, 40, 36)], 6, "sum", CFG)
+        build_model([(1, 40, 36)], 6, "sum", {**CFG, "encoder": "mlp"})
     with pytest.raises(ValueError, match="resnet18 takes"):
         build_model([12], 6, "sum", {**CFG, "encoder": "resnet18"})
 

@@ -183,4 +183,4 @@ class ReconBoost(Method):
     def log(self, writer, epoch):
         writer.add_scalar("reconboost/stage", self.stage, epoch)
         writer.add_scalar("reconboost/active_modality", self.active if self.boosting else -1, epoch)
-        writer.add_scalar("reconboost/boost_rate", float(self.state.boost_rate), epoch)
+        writer.add_scalar("reconboost/boost_rate", float(self.state.boost_rate.detach()), epoch)
