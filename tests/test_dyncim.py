@@ -47,12 +47,15 @@ def test_every_switch_off_is_sum_fusion_with_unimodal_losses_step_by_step(tmp_pa
         xs, y = [v[batch] for v in feats.views], feats.labels[batch]
         oa, ob = a.method.forward(a.model, xs, batch), b.method.forward(b.model, xs, batch)
         ra, rb = a.method.loss(a.model, oa, y, batch), b.method.loss(b.model, ob, y, batch)
-        assert torch.allclose(ra.loss, rb.loss, rtol=1e-6, atol=1e-7), (step, ra.loss, rb.loss)
+        # float32 over two code paths: equal up to summation order (a dropped term moves it by >1e-2)
+        assert torch.allclose(ra.loss, rb.loss, rtol=1e-5, atol=1e-6), (step, ra.loss, rb.loss)
         for t in (a, b):
             t.optimizer.zero_grad()
         a.method.backward(a.model, ra), b.method.backward(b.model, rb)
         for k in pa:
-            assert torch.allclose(pa[k].grad, pb[k].grad, rtol=1e-5, atol=1e-7), (step, k)
+            scale = float(pb[k].grad.abs().max())   # tolerance relative to the tensor, not per element
+            torch.testing.assert_close(pa[k].grad, pb[k].grad, rtol=1e-5, atol=1e-6 * scale + 1e-12,
+                                       msg=lambda m, k=k: f"step {step}, {k}: {m}")
         a.optimizer.step(), b.optimizer.step()
 
 
