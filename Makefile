@@ -27,6 +27,12 @@ quick: $(STAMP)
 	snakemake --cores all --configfile configs/quick.yaml
 	@cat results/summary.md
 
+# `make slurm`: adds Snakemake's Slurm executor plugin to .venv (the optional extra `slurm`), for
+# `snakemake --workflow-profile profiles/slurm` (README, "Running on a cluster")
+.PHONY: slurm
+slurm: $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[slurm]"
+
 test: $(STAMP)
 	$(PY) -m pytest -q
 
