@@ -19,9 +19,7 @@ def atomic_path(path: str | Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make outputs private
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make outputs private
     try:
         yield Path(tmp)
         os.replace(tmp, path)

@@ -32,20 +32,22 @@ def _job(args, build) -> dict:
     return build(config, config.load(args.params))
 
 
-def _dataset(C, p, name):
+def _named(C, p, key, name):
+    """`--data` / `--method` given by hand: it must name an entry of params' `datasets` / `methods`."""
+    flag = {"datasets": "--data", "methods": "--method"}[key]
     if name is None:
-        raise C.ParamsError("--data: required without --job")
-    if name not in p["datasets"]:
-        raise C.ParamsError(f"--data {name!r}: not defined under datasets; defined: {sorted(p['datasets'])}")
+        raise C.ParamsError(f"{flag}: required without --job")
+    if name not in p[key]:
+        raise C.ParamsError(f"{flag} {name!r}: not defined under {key}; defined: {sorted(p[key])}")
     return name
+
+
+def _dataset(C, p, name):
+    return _named(C, p, "datasets", name)
 
 
 def _method(C, p, name):
-    if name is None:
-        raise C.ParamsError("--method: required without --job")
-    if name not in p["methods"]:
-        raise C.ParamsError(f"--method {name!r}: not defined under methods; defined: {sorted(p['methods'])}")
-    return name
+    return _named(C, p, "methods", name)
 
 
 def _one(job, key) -> str:

@@ -12,10 +12,10 @@ clip's id is its file stem, e.g. `1001_DFA_ANG_XX`: actor, sentence, emotion, in
 """
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from . import download as D
+from .splits import read_clip_splits
 
 RESOURCES = Path(__file__).resolve().parents[2] / "resources" / "splits" / "crema-d"
 LFS_MANIFEST = RESOURCES / "lfs-manifest.csv"
@@ -46,27 +46,11 @@ def video_path(clip: str) -> str:
 
 def read_splits(path: str | Path = SPLITS_FILE) -> list[tuple[str, str, str]]:
     """(clip, label, split) rows, each checked: the label is the clip id's emotion field."""
-    path = Path(path)
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        if tuple(reader.fieldnames or ()) != ("clip", "label", "split"):
-            raise ValueError(f"{path}: expected the columns clip,label,split")
-        rows, seen = [], set()
-        for row_no, r in enumerate(reader, start=2):
-            try:
-                info = parse_clip(r["clip"])
-            except ValueError as e:
-                raise ValueError(f"{path}:{row_no}: {e}") from None
-            if info["label"] != r["label"]:
-                raise ValueError(f"{path}:{row_no}: {r['clip']} is labelled {r['label']}, "
-                                 f"but its id says {info['label']}")
-            if r["split"] not in ("train", "val", "test"):
-                raise ValueError(f"{path}:{row_no}: split {r['split']!r}; expected train, val or test")
-            if r["clip"] in seen:
-                raise ValueError(f"{path}:{row_no}: {r['clip']} is listed twice")
-            seen.add(r["clip"])
-            rows.append((r["clip"], r["label"], r["split"]))
-    return rows
+    def check(clip, label):
+        info = parse_clip(clip)
+        if info["label"] != label:
+            raise ValueError(f"{clip} is labelled {label}, but its id says {info['label']}")
+    return read_clip_splits(path, check)
 
 
 def files_for(rows, manifest: list[D.FileEntry], path: str | Path = "manifest") -> list[D.FileEntry]:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ..atomic import atomic_path, write_json
 from . import download as D
+from .splits import read_clip_splits
 
 RESOURCES = Path(__file__).resolve().parents[2] / "resources" / "splits" / "kinetics-sounds"
 CLASSES_FILE = RESOURCES / "classes.txt"
@@ -60,26 +61,15 @@ def read_classes(path: str | Path = CLASSES_FILE) -> list[str]:
 
 def read_splits(path: str | Path = SPLITS_FILE, classes: list[str] | None = None) -> list[tuple[str, str, str]]:
     """(clip, label, split) rows, each checked (known class, known split, a Kinetics clip id)."""
-    path = Path(path)
     known = set(classes) if classes is not None else None
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        if tuple(reader.fieldnames or ()) != ("clip", "label", "split"):
-            raise ValueError(f"{path}: expected the columns clip,label,split")
-        rows, seen = [], set()
-        for row_no, r in enumerate(reader, start=2):
-            if clip_key(r["clip"]) is None or clip_key(r["clip"])[1] is None:
-                raise ValueError(f"{path}:{row_no}: {r['clip']!r} is not a Kinetics clip id "
-                                 f"(<11-character YouTube id>_<start>[_<end>])")
-            if known is not None and r["label"] not in known:
-                raise ValueError(f"{path}:{row_no}: class {r['label']!r} is not in the class list")
-            if r["split"] not in SPLITS:
-                raise ValueError(f"{path}:{row_no}: split {r['split']!r}; expected one of {SPLITS}")
-            if r["clip"] in seen:
-                raise ValueError(f"{path}:{row_no}: {r['clip']} is listed twice")
-            seen.add(r["clip"])
-            rows.append((r["clip"], r["label"], r["split"]))
-    return rows
+
+    def check(clip, label):
+        key = clip_key(clip)
+        if key is None or key[1] is None:
+            raise ValueError(f"{clip!r} is not a Kinetics clip id (<11-character YouTube id>_<start>[_<end>])")
+        if known is not None and label not in known:
+            raise ValueError(f"class {label!r} is not in the class list")
+    return read_clip_splits(path, check)
 
 
 class ClipIndex:

@@ -50,3 +50,28 @@ def read_split(path: str | Path, labels: np.ndarray) -> np.ndarray:
             raise ValueError(f"{path}: sample {i}: split {r['split']!r}; expected one of {SPLITS}")
         split[i] = r["split"]
     return split
+
+
+def read_clip_splits(path: str | Path, check_row=None) -> list[tuple[str, str, str]]:
+    """(clip, label, split) rows of a shipped split file (`clip,label,split`), each checked: a
+    known split, no clip twice, and `check_row(clip, label)` (a data set's own rule: raise
+    ValueError naming what is wrong); errors name the file and row."""
+    path = Path(path)
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != ("clip", "label", "split"):
+            raise ValueError(f"{path}: expected the columns clip,label,split")
+        rows, seen = [], set()
+        for row_no, r in enumerate(reader, start=2):
+            if check_row is not None:
+                try:
+                    check_row(r["clip"], r["label"])
+                except ValueError as e:
+                    raise ValueError(f"{path}:{row_no}: {e}") from None
+            if r["split"] not in SPLITS:
+                raise ValueError(f"{path}:{row_no}: split {r['split']!r}; expected one of {SPLITS}")
+            if r["clip"] in seen:
+                raise ValueError(f"{path}:{row_no}: {r['clip']} is listed twice")
+            seen.add(r["clip"])
+            rows.append((r["clip"], r["label"], r["split"]))
+    return rows
