@@ -11,7 +11,13 @@
   fresh process (the writer's and the largest worker's), to show that it does not grow with n.
 
     python -m dyncim.bench_media loading [--clips 48] [--device cpu]
-    python -m dyncim.bench_media rss [--n 100 400]
+    python -m dyncim.bench_media rss [--n 100 400] [--recipe vggsound]
+    python -m dyncim.bench_media discovery [--n 2000 20000 200000]
+
+- `rss_of_discovery(ns)`: peak resident memory of VGGSound's media step (`prepare_vggsound`: three
+  streamed passes over a vggsound.csv of n rows in 309 classes, a walk of a folder of n clips,
+  each probed with PyAV on a bounded thread pool), in a fresh process per n. The clips are
+  symbolic links to one tiny MP4, so that 200k of them cost no disk.
 
 Synthetic clips stand in for CREMA-D's (no data set is downloaded): 480 x 360 Sorenson H.263 FLV
 at 30 fps and about 1 Mbit/s (CREMA-D's average: 3.05 GB for 7,442 WAV + FLV pairs), a textured
@@ -190,7 +196,8 @@ def _rss_child(args) -> None:
 
 
 def rss_of_extraction(ns=(100, 400), workers: int = 2, tmp: str | Path | None = None,
-                      size=(72, 96), fps: int = 10, start_method: str = "forkserver") -> list[dict]:
+                      size=(72, 96), fps: int = 10, start_method: str = "forkserver",
+                      recipe: str = "crema-d") -> list[dict]:
     """Peak RSS of extracting the first n of max(ns) tiny synthetic CREMA-D clips, each n in a
     fresh process (features are full size whatever the clips' size: 224 x 224 frames)."""
     from dataclasses import asdict
@@ -202,9 +209,52 @@ def rss_of_extraction(ns=(100, 400), workers: int = 2, tmp: str | Path | None = 
         for n in ns:
             r = subprocess.run([sys.executable, "-m", "dyncim.bench_media", "_rss_child", "--clip-list",
                                 str(lst), "--n", str(n), "--out", str(Path(d) / f"feat{n}" / "train"),
-                                "--workers", str(workers), "--start-method", start_method],
+                                "--workers", str(workers), "--start-method", start_method,
+                                "--recipe", recipe],
                                capture_output=True, text=True, check=True)
             out.append(json.loads(r.stdout.strip().splitlines()[-1]))
+        return out
+
+
+def _discovery_child(args) -> None:
+    import resource
+
+    from .data.vggsound import prepare_vggsound
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t = time.time()
+    counts = prepare_vggsound(Path(args.out), args.index, from_dir=args.folder, jobs=args.jobs, log=None)
+    print(json.dumps({"n": args.n, "seconds": round(time.time() - t, 1), "rss_mib_before": round(base, 1),
+                      "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                      "used": sum(c["used"] for c in counts.values())}))
+
+
+def rss_of_discovery(ns=(2000, 20000, 200000), jobs: int = 2, tmp: str | Path | None = None) -> list[dict]:
+    """Peak RSS of VGGSound's media step for n clips (see the module docstring), each n in a
+    fresh process."""
+    import csv
+    import os
+    with tempfile.TemporaryDirectory(dir=tmp) as d:
+        d = Path(d)
+        one = d / "one.mp4"
+        from .data import media
+        media.encode_video(one, media.colour_frames(1.0, 10, 24, 32), 10, "mpeg4",
+                           audio=media.tone(1.0, 16000, 440.0), sample_rate=16000)
+        out = []
+        for n in ns:
+            folder, index = d / f"clips{n}", d / f"vggsound{n}.csv"
+            folder.mkdir()
+            with open(index, "w", newline="") as f:
+                w = csv.writer(f)
+                for i in range(n):
+                    yt, start = f"y{i:010d}", 10 * (i % 30)
+                    w.writerow([yt, start, f"class {i % 309:03d}", "test" if i % 13 == 0 else "train"])
+                    os.symlink(one, folder / f"{yt}_{start:06d}.mp4")
+            r = subprocess.run([sys.executable, "-m", "dyncim.bench_media", "_discovery_child", "--index", str(index),
+                                "--folder", str(folder), "--out", str(d / f"raw{n}"), "--n", str(n),
+                                "--jobs", str(jobs)], capture_output=True, text=True, check=True)
+            out.append(json.loads(r.stdout.strip().splitlines()[-1]))
+            import shutil
+            shutil.rmtree(folder)
         return out
 
 
@@ -221,6 +271,15 @@ def main(argv=None) -> None:
     r.add_argument("--n", type=int, nargs="+", default=[100, 400])
     r.add_argument("--workers", type=int, default=2)
     r.add_argument("--start-method", default="forkserver")
+    r.add_argument("--recipe", default="crema-d")
+    q = sub.add_parser("discovery")
+    q.add_argument("--n", type=int, nargs="+", default=[2000, 20000, 200000])
+    q.add_argument("--jobs", type=int, default=2)
+    qc = sub.add_parser("_discovery_child")
+    for k in ("--index", "--folder", "--out"):
+        qc.add_argument(k, required=True)
+    qc.add_argument("--n", type=int, required=True)
+    qc.add_argument("--jobs", type=int, default=2)
     c = sub.add_parser("_rss_child")
     c.add_argument("--clip-list", required=True)
     c.add_argument("--n", type=int, required=True)
@@ -233,7 +292,12 @@ def main(argv=None) -> None:
         print(json.dumps(loading(args.clips, args.device, args.batch_size, args.min_seconds,
                                  modes=args.modes), indent=2))
     elif args.cmd == "rss":
-        print(json.dumps(rss_of_extraction(args.n, args.workers, start_method=args.start_method), indent=2))
+        print(json.dumps(rss_of_extraction(args.n, args.workers, start_method=args.start_method,
+                                           recipe=args.recipe), indent=2))
+    elif args.cmd == "discovery":
+        print(json.dumps(rss_of_discovery(args.n, args.jobs), indent=2))
+    elif args.cmd == "_discovery_child":
+        _discovery_child(args)
     else:
         _rss_child(args)
 

@@ -118,6 +118,11 @@ def resolve(raw: dict, source: str = "params.yaml") -> dict:
                                       f"{c['modality']} out of range; this set has {n_mod} modalities")
         if is_media(ds):
             ds["media"] = _fill_defaults(schema["$defs"]["media"], ds.get("media", {}))
+            if ds["source"] in IMAGE_TEXT_SOURCES:
+                ds["media"] = {**IMAGE_TEXT_MEDIA, **ds["media"]}
+            if "split" in ds["media"] and ds["source"] not in SPLIT_CHOICES:
+                raise ParamsError(f"{source}: datasets.{name}.media.split: {ds['source']} has one split, its "
+                                  f"standard one; a choice of split exists for {sorted(SPLIT_CHOICES)} only")
         for key in ("method_train", "method_params"):
             for m in ds.get(key, {}):
                 if m not in params["methods"]:
@@ -153,6 +158,9 @@ def resolve(raw: dict, source: str = "params.yaml") -> dict:
     for d in params["run"]["datasets"]:
         n = n_modalities(params["datasets"][d])
         for m in params["run"]["methods"]:
+            if params["datasets"][d]["source"] in MULTILABEL_SOURCES and not CATALOG[methods[m]["type"]].multilabel:
+                raise ParamsError(f"{source}: run.methods: {m!r} ({methods[m]['type']}) does not support "
+                                  f"multi-label data sets ({d}); supported: {', '.join(multilabel_methods())}")
             limit = CATALOG[methods[m]["type"]].max_modalities
             if limit is not None and n > limit:
                 raise ParamsError(f"{source}: run.methods: {m!r} ({methods[m]['type']}) is defined by "
@@ -178,11 +186,64 @@ def load(path: str | Path = "params.yaml") -> dict:
 
 # Paper-scale sources: raw media (or MOSEI's pickle) through feature extraction into a store
 # (dyncim.data.store), trained from it (dyncim.data.media_set); their modality counts.
-MEDIA_SOURCES = {"crema-d": 2, "kinetics-sounds": 2, "cmu-mosei": 3}
+MEDIA_SOURCES = {"crema-d": 2, "kinetics-sounds": 2, "ave": 2, "vggsound": 2,   # audio, frames
+                 "cmu-mosei": 3,                                               # text, audio, vision
+                 "ucf-101": 2,                                                 # RGB frames, optical flow
+                 "food-101": 2, "mm-imdb": 2}                                  # text, image
+# Image + text sets: frozen pretrained features (dyncim.data.image_text); their `media` model keys
+# are filled in for them only (so that other sets' jobs keep their fingerprints), with these
+# defaults (the schema's descriptions say the same).
+IMAGE_TEXT_SOURCES = ("food-101", "mm-imdb")
+IMAGE_TEXT_MEDIA = {"text_model": "bert-base-uncased", "text_revision": "main",
+                    "image_model": "microsoft/resnet-50", "image_revision": "main", "batch_size": 64}
+# Multi-label sets (multi-hot targets, BCE, micro / macro F1): only methods whose catalog entry
+# says `multilabel` run on them (dyncim.methods.catalog).
+MULTILABEL_SOURCES = frozenset({"mm-imdb"})
+
+
+# Sources with a choice of split (`media.split`, absent = standard): CREMA-D's actor-disjoint
+# alternative (dyncim.data.actor_split).
+SPLIT_CHOICES = {"crema-d"}
+# `media` keys that say where raw files come from or how fast they are processed, not which
+# samples, labels or split a set has (left out of the report's protocol, dyncim.sanity)
+MEDIA_LOCATION_KEYS = frozenset({"base_url", "from_dir", "clip_list", "url", "sha256", "from_path", "link",
+                                 "jobs", "workers", "index", "lists", "batch_size"})
+
+
+def multilabel_methods() -> list[str]:
+    return sorted(t for t, e in CATALOG.items() if e.multilabel)
 
 
 def is_media(ds: dict) -> bool:
     return ds["source"] in MEDIA_SOURCES
+
+
+def media_split(ds: dict) -> str:
+    """A paper-scale set's split: `media.split`, or `standard` (the shipped / published one)."""
+    return ds.get("media", {}).get("split", "standard")
+
+
+def split_description(params: dict, data: str) -> str:
+    """Which split a data set's numbers are on, in words: a paper-scale set's split name
+    (`standard`, `actor-disjoint`), or the embedded sets' stratified split from `split:`."""
+    ds = params["datasets"][data]
+    if is_media(ds):
+        return media_split(ds)
+    s = params["split"]
+    pct = [round(100 * x, 1) for x in (s["train"], s["val"], 1 - s["train"] - s["val"])]
+    return "stratified " + "/".join(f"{x:g}" for x in pct) + f" seed {s['seed']}"
+
+
+def data_info(params: dict, data: str) -> dict:
+    """What the report says about a data set: its source, its split in words and its protocol
+    (the `media` settings that define its samples and labels, e.g. CREMA-D's split, MOSEI's task),
+    which the sanity ranges are matched against (dyncim.sanity)."""
+    ds = params["datasets"][data]
+    protocol = {}
+    if is_media(ds):
+        protocol = {k: v for k, v in ds["media"].items() if k not in MEDIA_LOCATION_KEYS}
+        protocol["split"] = media_split(ds)
+    return {"source": ds["source"], "split": split_description(params, data), "protocol": protocol}
 
 
 def n_modalities(ds: dict) -> int:
@@ -270,6 +331,8 @@ def features_job(params: dict, data: str) -> dict:
     ds = dataset_config(params, data)
     if is_media(ds):
         keep = ("workers", "task") if ds["source"] == "cmu-mosei" else ("workers",)
+        if ds["source"] in IMAGE_TEXT_SOURCES:
+            keep = ("text_model", "text_revision", "image_model", "image_revision", "batch_size")
         return {"dataset": {"source": ds["source"], "media": {k: ds["media"][k] for k in keep}}}
     return {"dataset": ds}
 
@@ -301,7 +364,7 @@ def evaluate_job(params: dict, data: str) -> dict:
 
 
 def report_job(params: dict) -> dict:
-    return {"run": params["run"],
+    return {"run": params["run"], "data": {d: data_info(params, d) for d in params["run"]["datasets"]},
             "methods": {m: {"type": params["methods"][m]["type"], "seeds": params["methods"][m]["seeds"]}
                         for m in params["run"]["methods"]}}
 
@@ -314,7 +377,8 @@ def robustness_job(params: dict, data: str) -> dict:
 def figures_job(params: dict, data: str) -> dict:
     """The figures of one data set: its run list, the methods' types (DynCIM's ablations get a
     panel of their own) and seeds."""
-    return {**report_job(params), "run": {"datasets": [data], "methods": params["run"]["methods"]}}
+    return {**report_job(params), "run": {"datasets": [data], "methods": params["run"]["methods"]},
+            "data": {data: data_info(params, data)}}
 
 
 def figure_kinds(params: dict) -> list[str]:

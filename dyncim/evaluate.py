@@ -5,6 +5,9 @@ Per run: fused accuracy and macro-F1 (torchmetrics), and per modality the imbala
 head plus its share of the bias, as OGM-GE measures it; sum: its own head's logits);
 (b) `probe`: a linear probe on the frozen encoder, fit on train and chosen on val: how well the
 encoder itself learned, whatever the head does with it.
+On a multi-label set (dyncim.multilabel) micro-F1 and macro-F1 take accuracy's place: the fused
+`micro_f1` and `macro_f1`, each modality's `own` micro-F1, and a probe fit to the multi-hot targets
+(a label predicted where its ridge output exceeds 0.5) scored by micro-F1.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import torch
 from torch.nn import functional as F
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
 
+from . import multilabel as ML
 from .atomic import write_json
 from .config import with_method_defaults
 from .data import features
@@ -25,11 +29,11 @@ from .train.inference import evaluate_split
 PROBE_RIDGE = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # L2 strength per training sample
 
 
-def _acc(logits, y, n_classes) -> float:
+def _class_acc(logits, y, n_classes) -> float:
     return float(multiclass_accuracy(logits, y, num_classes=n_classes, average="micro"))
 
 
-def linear_probe(tr, ytr, va, yva, te, yte, n_classes: int) -> dict:
+def linear_probe(tr, ytr, va, yva, te, yte, n_classes: int, multilabel: bool = False) -> dict:
     """A ridge-regression linear probe on frozen features (one-hot targets, closed form),
     its L2 strength chosen on val. Closed form: one eigendecomposition serves every strength,
     where an iterative logistic probe cost ~90% of the evaluation time."""
@@ -37,7 +41,11 @@ def linear_probe(tr, ytr, va, yva, te, yte, n_classes: int) -> dict:
     tr, va, te = [((t - mu) / sd).double() for t in (tr, va, te)]
     ones = lambda x: torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)  # bias column
     tr, va, te = ones(tr), ones(va), ones(te)
-    Y = F.one_hot(ytr, n_classes).double()
+    Y = ytr.double() if multilabel else F.one_hot(ytr, n_classes).double()
+    if multilabel:   # regression onto the multi-hot targets; a label where the output exceeds 0.5
+        _acc = lambda scores, y, _: ML.f1((scores > ML.THRESHOLD).float(), y, "micro", logits=False)  # noqa: E731
+    else:
+        _acc = _class_acc
     evals, V = torch.linalg.eigh(tr.T @ tr)
     proj = V.T @ (tr.T @ Y)
     best = None
@@ -74,6 +82,11 @@ def load_run(path: Path, feats: features.FeatureSet | MediaSet, device):
     return ck, built
 
 
+def _best(part: dict) -> dict:
+    """The part's best epoch and its validation figure (best_val_acc, or best_val_micro_f1)."""
+    return {"best_epoch": part["best_epoch"], **{k: v for k, v in part.items() if k.startswith("best_val_")}}
+
+
 def _cpu(out):
     fused, parts, feats = out
     return fused.cpu(), [p.cpu() for p in parts], [f.cpu() for f in feats]
@@ -92,18 +105,23 @@ def evaluate_run(path: Path, feats: features.FeatureSet | MediaSet, device="cpu"
         bs = ck["train_cfg"]["eval_batch_size"]
         out = {s: _cpu(evaluate_split(model, method, sub, idx[s], bs)) for s in idx}
         fused, parts, _ = out["test"]
-        if len(built) == 1:
-            res["acc"] = _acc(fused, y["test"], C_)
+        multi = ML.is_multilabel(sub)
+        score = (lambda z, t, _: ML.f1(z, t, "micro")) if multi else _class_acc
+        if len(built) == 1 and multi:
+            res.update(ML.f1_scores(fused, y["test"]))
+        if len(built) == 1 and not multi:
+            res["acc"] = _class_acc(fused, y["test"], C_)
             res["macro_f1"] = float(multiclass_f1_score(fused, y["test"], num_classes=C_, average="macro"))
-            res["best_epoch"], res["best_val_acc"] = part["best_epoch"], part["best_val_acc"]
+        if len(built) == 1:
+            res.update(_best(part))
             if feats.corrupted is not None:
                 res["acc_by_corruption"] = _by_corruption(fused, y["test"], feats.corrupted[idx["test"]], sub.names)
         for m, name in enumerate(sub.names):
-            r = {"own": _acc(parts[m], y["test"], C_)}
+            r = {"own": score(parts[m], y["test"], C_)}
             r.update(linear_probe(out["train"][2][m], y["train"], out["val"][2][m], y["val"],
-                                  out["test"][2][m], y["test"], C_))
+                                  out["test"][2][m], y["test"], C_, multi))
             if len(built) > 1:
-                r["best_epoch"], r["best_val_acc"] = part["best_epoch"], part["best_val_acc"]
+                r.update(_best(part))
             res["modalities"][name] = r
         diag = getattr(method, "diagnostics", None)
         if diag is not None and len(built) == 1:

@@ -77,8 +77,8 @@ def _mean_std(series: list[list[tuple[float, float]]]):
 
 # --- figure kinds ----------------------------------------------------------------------------
 
-def accuracy(acc: dict, out, title: str = "") -> Path:
-    """`acc`: {method: {seed: test accuracy}}. Ranked dots with ± std error bars over seeds (dots,
+def accuracy(acc: dict, out, title: str = "", what: str = "accuracy") -> Path:
+    """`acc`: {method: {seed: test accuracy}} (`what`: the figure's name, micro-F1 on a multi-label set). Ranked dots with ± std error bars over seeds (dots,
     not bars: the axis does not start at 0); joint and dyncim in their own colours."""
     rows = [(m, stats.summary(v.values())) for m, v in acc.items() if v]
     rows.sort(key=lambda r: r[1]["mean"])
@@ -88,14 +88,14 @@ def accuracy(acc: dict, out, title: str = "") -> Path:
                     ecolor="0.3", capsize=3, ms=6)
     ax.set_yticks(range(len(rows)), [f"{m} (n={s['n']})" for m, s in rows])
     ax.set_ylim(-0.7, len(rows) - 0.3)
-    ax.set_xlabel("test accuracy (mean ± std over seeds)")
-    ax.set_title(title or "test accuracy per method")
+    ax.set_xlabel(f"test {what} (mean ± std over seeds)")
+    ax.set_title(title or f"test {what} per method")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return _save(fig, out)
 
 
-def rebalance(fused: dict, own: dict, out, title: str = "") -> Path:
+def rebalance(fused: dict, own: dict, out, title: str = "", what: str = "accuracy") -> Path:
     """`fused`: {method: {seed: acc}}; `own`: {modality: {method: {seed: own-head acc}}}. Per method
     (ranked by fused accuracy), the fused accuracy and each modality's own-head accuracy, mean ±
     std: the spread of the own heads shows how far a method rebalances its modalities."""
@@ -125,8 +125,8 @@ def rebalance(fused: dict, own: dict, out, title: str = "") -> Path:
     uniq = dict(zip(labels, handles))
     ax.legend(uniq.values(), uniq.keys(), loc="lower right", fontsize=8)
     ax.set_yticks(range(len(methods)), methods)
-    ax.set_xlabel("test accuracy (mean ± std over seeds)")
-    ax.set_title(title or "fused vs each modality's own-head accuracy")
+    ax.set_xlabel(f"test {what} (mean ± std over seeds)")
+    ax.set_title(title or f"fused vs each modality's own-head {what}")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return _save(fig, out)
@@ -208,7 +208,8 @@ def robustness(record: dict, out, title: str = "") -> Path:
         ax.set_xlabel(f"noise on {name} (× train std)")
         ax.set_title(f"{name} corrupted")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test accuracy (mean over seeds; ± std for joint, dyncim)")
+    what = stats.PRIMARY_LABEL[record.get("metric", "acc")]   # micro-F1 on a multi-label set
+    axes[0][0].set_ylabel(f"test {what} (mean over seeds; ± std for joint, dyncim)")
     axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     if title:
         fig.suptitle(title)
@@ -265,12 +266,14 @@ def write_all(params: dict, data: str, outputs: dict, root: str | Path = ".",
     runs = stats.load_runs(params, data, root)
     first = next(r for seeds in runs.values() for r in seeds.values())
     names = first.get("names", list(first["modalities"]))   # in the data set's order
+    first = stats.primary_metric(runs)   # acc, or micro_f1 on a multi-label set
+    what = stats.PRIMARY_LABEL[first]
     if "accuracy" in outputs:
-        written["accuracy"] = accuracy(stats.per_seed(runs, "acc"), outputs["accuracy"], f"{data}: test accuracy")
+        written["accuracy"] = accuracy(stats.per_seed(runs, first), outputs["accuracy"], f"{data}: test {what}", what)
     if "rebalance" in outputs:
         own = {n: stats.per_seed(runs, f"{n}_own") for n in names}
-        written["rebalance"] = rebalance(stats.per_seed(runs, "acc"), own, outputs["rebalance"],
-                                         f"{data}: fused vs own-head accuracy per modality")
+        written["rebalance"] = rebalance(stats.per_seed(runs, first), own, outputs["rebalance"],
+                                         f"{data}: fused vs own-head {what} per modality", what)
     if "curves" in outputs:
         labelled: dict[str, list] = {}
         for m in params["run"]["methods"]:
@@ -281,7 +284,7 @@ def write_all(params: dict, data: str, outputs: dict, root: str | Path = ".",
                     label = m if part in ("all", "") else f"{m}:{part}"
                     labelled.setdefault(label, []).append([r for r in rows if r.get("part", "all") == part])
         written["curves"] = curves(labelled, curve_groups(params, list(labelled)), outputs["curves"],
-                                   f"{data}: validation accuracy per epoch")
+                                   f"{data}: validation {what} per epoch", column=f"val_{first}")
     if "dyncim" in outputs:
         m = trajectory_method
         if m not in params["run"]["methods"]:
@@ -294,5 +297,5 @@ def write_all(params: dict, data: str, outputs: dict, root: str | Path = ".",
             raise ValueError("the robustness figure needs the robustness sweep's JSON")
         record = json.loads(Path(robustness_json).read_text())
         written["robustness"] = robustness(record, outputs["robustness"],
-                                           f"{data}: test accuracy with one modality corrupted")
+                                           f"{data}: test {what} with one modality corrupted")
     return written

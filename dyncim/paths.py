@@ -79,7 +79,8 @@ def eval_file(data: str, method: str, seed) -> str:
     return f"results/eval/{data}/{method}/seed{seed}.json"
 
 
-SUMMARY = {"md": "results/summary.md", "csv": "results/summary.csv", "json": "results/summary.json"}
+SUMMARY = {"md": "results/summary.md", "csv": "results/summary.csv", "json": "results/summary.json",
+           "sanity": "results/sanity.json"}   # per data set: its split and the sanity-range checks (dyncim.sanity)
 
 # The DVC metrics: one small JSON per method ({data: mean test accuracy}) and DynCIM's margin over
 # joint, so that `dvc metrics show` prints a row per method and a column per data set.

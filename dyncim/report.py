@@ -6,7 +6,9 @@ the same numbers in long form; summary.md is the table `make run` prints. The DV
 (dyncim.paths.METRICS_DIR) keep only the headline figures a person compares across commits, one
 small JSON per method ({data set: mean test accuracy}) and DynCIM's margin over joint, so that
 `dvc metrics show` prints a row per method and a column per data set, and `dvc metrics diff`
-lists only what moved.
+lists only what moved. sanity.json says, per data set, which split its numbers are on and how its
+unimodal and joint accuracies compare with the published ranges (dyncim.sanity); summary.md says
+the same, and each accuracy outside its range is also a warning on stderr (the report's log).
 """
 from __future__ import annotations
 
@@ -14,9 +16,10 @@ import csv
 import io
 import json
 import statistics
+import sys
 from pathlib import Path
 
-from . import paths, stats
+from . import paths, sanity, stats
 from .atomic import write_json, write_json_dir, write_text
 
 # The margin's metrics file; '_' cannot start a method name (the schema), so it names no method.
@@ -42,7 +45,7 @@ def collect(params: dict, root: Path) -> dict:
                 path = root / paths.eval_file(data, method, seed)
                 runs.append(json.loads(path.read_text()))
             metrics = {}
-            for key in ("acc", "macro_f1"):
+            for key in ("acc", "micro_f1", "macro_f1"):   # micro_f1: multi-label sets, in acc's place
                 metrics[key] = _stats([r.get(key) for r in runs])
             for name in runs[0].get("names", runs[0]["modalities"]):  # in the data set's order
                 for key in ("own", "probe"):
@@ -60,24 +63,34 @@ def _fmt(s):
 
 
 def _md_table(methods: dict, names: list[str], rank: bool) -> str:
-    cols = ["acc", "macro_f1"] + [f"{n}_{k}" for n in names for k in ("own", "probe")]
+    first = "micro_f1" if any("micro_f1" in v for v in methods.values()) else "acc"   # multi-label: micro-F1
+    cols = [first, "macro_f1"] + [f"{n}_{k}" for n in names for k in ("own", "probe")]
     order = list(methods)
     if rank:
-        order.sort(key=lambda m: -(methods[m].get("acc") or {"mean": -1})["mean"])
+        order.sort(key=lambda m: -(methods[m].get(first) or {"mean": -1})["mean"])
     lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for m in order:
         lines.append(f"| {m} | " + " | ".join(_fmt(methods[m].get(c)) for c in cols) + " |")
     return "\n".join(lines)
 
 
-def markdown(table: dict, params: dict) -> str:
+def markdown(table: dict, params: dict, checks: dict | None = None) -> str:
+    """`checks`: {data: dyncim.sanity.check_data record}, for each data set's sanity lines."""
     out = ["# Results (test split; model chosen on validation; mean ± std over seeds)", "",
            "`acc`, `macro_f1`: the fused prediction. Per modality, `own`: the modality's own part of the "
            "prediction; `probe`: a linear probe on its frozen encoder (how well the encoder learned).", ""]
+    if any("micro_f1" in v for methods in table.values() for v in methods.values()):
+        out[-1:] = ["Multi-label sets: `micro_f1` and `macro_f1` (threshold 0.5 on the sigmoid) in place of "
+                    "`acc`; `own` and `probe` are micro-F1 there.", ""]
     for data, methods in table.items():
         names = [k[:-4] for k in next(iter(methods.values())) if k.endswith("_own")]
         seeds = {m: len(params["methods"][m]["seeds"]) for m in methods}
-        out += [f"## {data}", "", f"seeds per method: {seeds}", "", _md_table(methods, names, rank=True), ""]
+        info = sanity.info_of(params, data)
+        out += [f"## {data}", ""] + ([f"split: {info['split']}", ""] if info else [])
+        out += [f"seeds per method: {seeds}", "", _md_table(methods, names, rank=True), ""]
+        if checks and checks.get(data, {}).get("ranged"):
+            out += [f"### {data}: sanity (published ranges, resources/sanity/ranges.yaml)", "",
+                    *sanity.lines(checks[data]), ""]
         ablations = {m: v for m, v in methods.items() if params["methods"][m]["type"] == "dyncim"}
         if len(ablations) > 1:
             out += [f"### {data}: DynCIM ablations", "", _md_table(ablations, names, rank=False), ""]
@@ -93,12 +106,13 @@ def markdown(table: dict, params: dict) -> str:
 
 
 def headline(params: dict, root: Path) -> dict:
-    """The DVC metrics: {method: {data: mean test accuracy}} (methods with a fused prediction) and
+    """The DVC metrics: {method: {data: mean test accuracy (micro-F1 on a multi-label set)}} (methods with a fused prediction) and
     {MARGIN: {data: DynCIM's accuracy minus joint's}}, the margin averaged over the seeds both ran
     (paired, as REPORT.md's Δ), where both are in the run list. Rounded to 4 decimals."""
     out: dict = {}
     for data in params["run"]["datasets"]:
-        acc = stats.per_seed(stats.load_runs(params, data, root), "acc")
+        runs = stats.load_runs(params, data, root)
+        acc = stats.per_seed(runs, stats.primary_metric(runs))   # micro-F1 on a multi-label set
         for method, values in acc.items():
             if values:
                 out.setdefault(method, {})[data] = round(statistics.fmean(values.values()), 4)
@@ -109,10 +123,12 @@ def headline(params: dict, root: Path) -> dict:
     return out
 
 
-def write(params: dict, root: Path = Path("."), outputs: dict[str, Path] | None = None) -> str:
+def write(params: dict, root: Path = Path("."), outputs: dict[str, Path] | None = None,
+          ranges: dict | None = None) -> str:
     """`params`: resolved params or a report job's configuration (dyncim.config.report_job);
-    `outputs`: {"md", "csv", "json", "metrics"} paths (default, and for each one left out:
-    dyncim.paths under `root`)."""
+    `outputs`: {"md", "csv", "json", "sanity", "metrics"} paths (default, and for each one left
+    out: dyncim.paths under `root`); `ranges`: dyncim.sanity.load_ranges()'s mapping (default:
+    the shipped file)."""
     out = {k: root / v for k, v in paths.SUMMARY.items()} | {"metrics": root / paths.METRICS_DIR} | (outputs or {})
     table = collect(params, root)
     buf = io.StringIO()
@@ -123,7 +139,11 @@ def write(params: dict, root: Path = Path("."), outputs: dict[str, Path] | None 
             for metric, s in metrics.items():
                 w.writerow([data, method, metric, f"{s['mean']:.6f}", f"{s['std']:.6f}", s["n"]])
     write_text(out["csv"], buf.getvalue())
-    md = markdown(table, params)
+    checks = sanity.check_all(params, root, ranges)
+    write_json(out["sanity"], checks)
+    for line in sanity.warnings(checks):
+        print(line, file=sys.stderr)
+    md = markdown(table, params, checks)
     write_text(out["md"], md + "\n")
     write_json(out["json"], {d: {m: {f"{k}_{s}": round(v[s], 6) for k, v in ms.items() for s in ("mean", "std")}
                                           for m, ms in methods.items()} for d, methods in table.items()})

@@ -1,7 +1,8 @@
 """results/REPORT.md, the pipeline's last step: per data set the ranked results table (accuracy,
 macro-F1, each modality's own-head accuracy; mean ± std over seeds; best in bold; paired
 significance against `joint` and `dyncim`), the DynCIM ablation table, the robustness table and
-the figures beside them.
+the figures beside them; before them, the split the numbers are on and, for a source with
+published ranges, the sanity check of its unimodal and joint accuracies (dyncim.sanity).
 
 Every number is recomputed here from the per-run evaluation JSONs and the robustness sweep's
 per-run accuracies (mean and sample std as dyncim.report computes them; paired tests by
@@ -13,7 +14,7 @@ import json
 import os
 from pathlib import Path
 
-from . import paths, stats
+from . import paths, sanity, stats
 from .atomic import write_text
 
 REFERENCES = ("joint", "dyncim")
@@ -83,19 +84,21 @@ def _link(fig: str | Path, out: Path, alt: str) -> str:
 
 def ranked_rows(runs: dict, names: list[str], tests: dict) -> tuple[list[str], list[list[str]], list[str]]:
     """Header, rows and method order of the ranked table (by mean test accuracy; methods without a
-    fused accuracy, i.e. unimodal, last)."""
-    cols = ["acc", "macro_f1"] + [f"{n}_own" for n in names]
+    fused accuracy, i.e. unimodal, last). On a multi-label set micro-F1 takes accuracy's place."""
+    first = stats.primary_metric(runs)
+    what = stats.PRIMARY_LABEL[first]
+    cols = [first, "macro_f1"] + [f"{n}_own" for n in names]
     summ = {m: {c: stats.summary(stats.per_seed({m: runs[m]}, c)[m].values()) for c in cols} for m in runs}
-    order = sorted(runs, key=lambda m: -(summ[m]["acc"]["mean"] if summ[m]["acc"] else -1.0))
+    order = sorted(runs, key=lambda m: -(summ[m][first]["mean"] if summ[m][first] else -1.0))
     refs = [r for r in REFERENCES if r in tests]
-    header = ["rank", "method", "seeds", "accuracy", "macro-F1"] + [f"{n} own head" for n in names] + \
-             [f"Δ accuracy vs {r}" for r in refs]
+    header = ["rank", "method", "seeds", what, "macro-F1"] + [f"{n} own head" for n in names] + \
+             [f"Δ {what} vs {r}" for r in refs]
     columns = [[_fmt(summ[m][c]) for m in order] for c in cols]
     columns = [_bold_best(cells, [summ[m][c]["mean"] if summ[m][c] else None for m in order])
                for cells, c in zip(columns, cols)]
     rows = []
     for i, m in enumerate(order):
-        rank = str(i + 1) if summ[m]["acc"] else DASH
+        rank = str(i + 1) if summ[m][first] else DASH
         row = [rank, m, str(len(runs[m]))] + [col[i] for col in columns]
         for r in refs:
             row.append("(reference)" if m == r else diff_cell(tests[r][m]) if m in tests[r] else DASH)
@@ -103,7 +106,7 @@ def ranked_rows(runs: dict, names: list[str], tests: dict) -> tuple[list[str], l
     return header, rows, order
 
 
-def _verdicts(tests: dict, ref: str, methods: list[str]) -> str:
+def _verdicts(tests: dict, ref: str, methods: list[str], what: str = "accuracy") -> str:
     """'vs joint — higher: a, b; lower: c; within noise: d, e; no test: f.'"""
     groups = {"significantly higher": [], "significantly lower": [], "within noise": [], "no test": []}
     for m in methods:
@@ -117,7 +120,7 @@ def _verdicts(tests: dict, ref: str, methods: list[str]) -> str:
         else:
             groups["significantly higher" if res["mean_diff"] > 0 else "significantly lower"].append(m)
     said = [f"{k}: {', '.join(v)}" for k, v in groups.items() if v]
-    return f"Against {ref} (accuracy, p < {stats.ALPHA}): " + ("; ".join(said) if said else "nothing to compare") + "."
+    return f"Against {ref} ({what}, p < {stats.ALPHA}): " + ("; ".join(said) if said else "nothing to compare") + "."
 
 
 def ablation_rows(runs: dict, names: list[str], params: dict, tests: dict):
@@ -125,7 +128,7 @@ def ablation_rows(runs: dict, names: list[str], params: dict, tests: dict):
     difference in accuracy from dyncim."""
     abl = [m for m in runs if params["methods"][m]["type"] == "dyncim"]
     abl.sort(key=lambda m: m != "dyncim")
-    cols = ["acc", "macro_f1"] + [f"{n}_own" for n in names]
+    cols = [stats.primary_metric(runs), "macro_f1"] + [f"{n}_own" for n in names]
     summ = {m: {c: stats.summary(stats.per_seed({m: runs[m]}, c)[m].values()) for c in cols} for m in abl}
     header = ["variant", "seeds", "accuracy", "macro-F1"] + [f"{n} own head" for n in names] + ["Δ accuracy vs dyncim"]
     columns = [_bold_best([_fmt(summ[m][c]) for m in abl], [summ[m][c]["mean"] if summ[m][c] else None for m in abl])
@@ -152,24 +155,44 @@ def robustness_tables(record: dict, order: list[str]) -> list[str]:
             cols.append(_bold_best([_fmt(x) for x in s], [x["mean"] if x else None for x in s]))
         rows = [[m, str(len(record["runs"][m]))] + [c[i] for c in cols] for i, m in enumerate(methods)]
         unit = "input" if "input_stats" in record else "feature"
-        out += [f"**{name} corrupted** (test accuracy; noise σ in units of {name}'s train {unit} std)", ""]
+        what = stats.PRIMARY_LABEL[record.get("metric", "acc")]   # micro-F1 on a multi-label set
+        out += [f"**{name} corrupted** (test {what}; noise σ in units of {name}'s train {unit} std)", ""]
         out += _table(header, rows) + [""]
     if record.get("skipped"):
         out += ["Not in the sweep: " + "; ".join(f"{m} ({why})" for m, why in record["skipped"].items()) + ".", ""]
     return out
 
 
+def sanity_section(params: dict, data: str, runs: dict, ranges: dict | None) -> list[str]:
+    """The split a data set's numbers are on, and (for a source with published ranges) how its
+    unimodal and joint accuracies compare with them (dyncim.sanity)."""
+    info = sanity.info_of(params, data)
+    if info is None:
+        return []
+    lines = [f"Split: {info['split']}.", ""]
+    types = {m: params["methods"][m]["type"] for m in runs}
+    record = sanity.check_data(info, runs, types, ranges)
+    if record.get("ranged"):
+        lines += [f"### {data}: sanity against published ranges", "",
+                  "Each modality trained alone (`unimodal`) and the joint baseline against the accuracy "
+                  "range published papers report (resources/sanity/ranges.yaml, with sources); outside it, "
+                  "suspect the data before the method.", "", *sanity.lines(record), ""]
+    return lines
+
+
 def data_section(params: dict, data: str, runs: dict, out: Path, robustness: dict | None,
-                 figures: dict | None) -> list[str]:
+                 figures: dict | None, ranges: dict | None = None) -> list[str]:
     figures = figures or {}
     first = next(r for seeds in runs.values() for r in seeds.values())
     names = first.get("names", list(first["modalities"]))
-    acc = stats.per_seed(runs, "acc")
+    first = stats.primary_metric(runs)   # accuracy, or micro-F1 on a multi-label set
+    acc = stats.per_seed(runs, first)
     tests = stats.compare(acc, REFERENCES)
     header, rows, order = ranked_rows(runs, names, tests)
-    lines = [f"## {data}", "", "### Ranked results", "", _seed_sentence(params, list(runs)), ""]
+    lines = [f"## {data}", "", *sanity_section(params, data, runs, ranges)]
+    lines += ["### Ranked results", "", _seed_sentence(params, list(runs)), ""]
     lines += _table(header, rows) + [""]
-    lines += [f"- {_verdicts(tests, r, order)}" for r in REFERENCES if r in tests] + [""]
+    lines += [f"- {_verdicts(tests, r, order, stats.PRIMARY_LABEL[first])}" for r in REFERENCES if r in tests] + [""]
     figs = [_link(figures[k], out, f"{data}: {alt}") for k, alt in
             (("accuracy", "test accuracy per method"), ("rebalance", "fused vs own-head accuracy"),
              ("curves", "validation curves")) if k in figures]
@@ -197,11 +220,12 @@ def data_section(params: dict, data: str, runs: dict, out: Path, robustness: dic
 
 
 def build(params: dict, out: str | Path = paths.REPORT, root: str | Path = ".",
-          robustness: dict | None = None, figures: dict | None = None) -> str:
+          robustness: dict | None = None, figures: dict | None = None, ranges: dict | None = None) -> str:
     """REPORT.md's text. `params`: resolved params or a report job's configuration (run.datasets,
     run.methods, methods.<m>.type and .seeds); evaluation JSONs are read under `root`
     (dyncim.paths); `robustness`: {data: robustness JSON path}; `figures`: {data: {kind: PNG path}}
-    (paths relative to the current folder, or absolute; linked relative to `out`)."""
+    (paths relative to the current folder, or absolute; linked relative to `out`); `ranges`: the
+    sanity ranges (dyncim.sanity.load_ranges; default: the shipped file)."""
     out = Path(out)
     robustness, figures = robustness or {}, figures or {}
     lines = ["# Report", "",
@@ -218,13 +242,13 @@ def build(params: dict, out: str | Path = paths.REPORT, root: str | Path = ".",
     for data in params["run"]["datasets"]:
         runs = stats.load_runs(params, data, root)
         rob = json.loads(Path(robustness[data]).read_text()) if data in robustness else None
-        lines += data_section(params, data, runs, out, rob, figures.get(data))
+        lines += data_section(params, data, runs, out, rob, figures.get(data), ranges)
     return "\n".join(lines).rstrip() + "\n"
 
 
 def write(params: dict, out: str | Path = paths.REPORT, root: str | Path = ".",
-          robustness: dict | None = None, figures: dict | None = None) -> str:
+          robustness: dict | None = None, figures: dict | None = None, ranges: dict | None = None) -> str:
     """Build REPORT.md (see `build`) and write it atomically to `out`."""
-    text = build(params, out, root, robustness, figures)
+    text = build(params, out, root, robustness, figures, ranges)
     write_text(out, text)
     return text

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import multilabel as ML
 from . import paths, stats
 from .atomic import write_json, write_text
 from .config import load_schema
@@ -184,12 +185,14 @@ def _chunk_transforms(clean, pos, levels, stats, seed, used):
 
 @torch.no_grad()
 def predict_chunks(model, method, data, index: torch.Tensor, batch_size: int, transforms,
-                   modalities: list[int] | None = None) -> list[torch.Tensor]:
+                   modalities: list[int] | None = None, decide=None) -> list[torch.Tensor]:
     """Predicted classes of one model (its fused prediction, label-free, as evaluate_split takes
     it: `method.predict(model, model(xs))`, eval mode) on `data`'s samples `index`, read in chunks
     of `batch_size`; per chunk `transforms(clean inputs, positions in index)` yields the inputs of
     each block (None: the clean ones). `modalities`: the inputs the model reads (default all).
-    Returns per block the predictions of every sample of `index`, on the CPU."""
+    Returns per block the predictions of every sample of `index`, on the CPU: the arg-max class,
+    or what `decide(logits)` makes of the fused logits (multi-label: the predicted labels)."""
+    decide = decide or (lambda z: z.argmax(1))
     was_training = model.training
     model.eval()
     preds = None
@@ -203,7 +206,7 @@ def predict_chunks(model, method, data, index: torch.Tensor, batch_size: int, tr
                 continue
             xs = clean if xs is None else xs
             xs = xs if modalities is None else [xs[k] for k in modalities]
-            got.append(method.predict(model, model(xs)).argmax(1).cpu())
+            got.append(decide(method.predict(model, model(xs))).cpu())
         preds = [[p] for p in got] if preds is None else [a + [p] for a, p in zip(preds, got)]
     model.train(was_training)
     return [torch.cat(p) for p in preds]
@@ -216,8 +219,12 @@ def _media_accuracies(built, data, test, levels, stats, seed, batch_size) -> dic
     part, _, method, model = built[0]
     used = list(part["modalities"])
     transforms = lambda clean, pos: _chunk_transforms(clean, pos, levels, stats, seed, used)
-    preds = predict_chunks(model, method, data, test, batch_size, transforms, used)
     y = data.labels[test].cpu()
+    if ML.is_multilabel(data):   # micro-F1 per block, as the evaluate step's `micro_f1`
+        preds = predict_chunks(model, method, data, test, batch_size, transforms, used, ML.predicted)
+        f1 = torch.tensor([ML.f1(p.float(), y, "micro", logits=False) for p in preds])
+        return _by_block(f1, blocks_of(list(data.names), levels))
+    preds = predict_chunks(model, method, data, test, batch_size, transforms, used)
     # float32 like the evaluate step's torchmetrics accuracy, so that the clean block equals its `acc`
     correct = (torch.stack(preds) == y).float().mean(1)
     return _by_block(correct, blocks_of(list(data.names), levels))
@@ -225,7 +232,7 @@ def _media_accuracies(built, data, test, levels, stats, seed, batch_size) -> dic
 
 def _media_unit(data, stats) -> str:
     what = {"frames": "ImageNet-normalised pixel values", "spectrogram": "log-magnitudes",
-            "sequence": "stored sequence features"}
+            "sequence": "stored sequence features", "flow": "optical flow / its bound"}
     kinds = "; ".join(f"{m.name}: {what.get(m.kind, m.kind)}" for m in data.mods)
     n = stats[0]["n_samples"] if stats else 0
     return (f"noise std in units of the modality's train input std (every model-input value of the first {n} "
@@ -304,6 +311,7 @@ def _media_sweep(params, data, feats, root: Path, levels, seed, device) -> dict:
             runs.setdefault(method, {})[str(s)] = res
     names = list(feats.names)
     return {"data": data, "names": names, "methods": list(runs), "levels": [float(v) for v in levels],
+            **({"metric": "micro_f1"} if ML.is_multilabel(feats) else {}),   # else accuracy
             "noise_seed": seed, "n_test": len(test), "unit": _media_unit(feats, st),
             "input_stats": dict(zip(names, st)),
             "runs": runs, "skipped": skipped, "summary": summarise(runs, names, len(levels))}

@@ -146,6 +146,15 @@ def metric(run: dict, key: str):
     return run.get("modalities", {}).get(name, {}).get(kind)
 
 
+def primary_metric(runs: dict) -> str:
+    """The headline figure of one data set's runs ({method: {seed: evaluation JSON}}): `acc`, or
+    `micro_f1` on a multi-label set (dyncim.multilabel), whose runs have no accuracy."""
+    return "micro_f1" if any("micro_f1" in r for seeds in runs.values() for r in seeds.values()) else "acc"
+
+
+PRIMARY_LABEL = {"acc": "accuracy", "micro_f1": "micro-F1"}
+
+
 def per_seed(runs: dict, key: str) -> dict:
     """{method: {seed: value}} of one metric, leaving out runs without it."""
     return {m: {s: metric(r, key) for s, r in seeds.items() if metric(r, key) is not None}

@@ -194,6 +194,9 @@ def test_paper_scale_data_sets(raw):
     ({"source": "crema-d", "media": {"base_url": "http://x", "from_dir": "/c"}}, ["datasets.crema-d.media"]),
     ({"source": "crema-d", "views": ["pix", "zer"]}, ["datasets.crema-d"]),
     ({"source": "crema-d", "media": {"workers": 0}}, ["datasets.crema-d.media.workers", "0"]),
+    ({"source": "crema-d", "media": {"split": "speakers"}}, ["datasets.crema-d.media.split", "'speakers'"]),
+    ({"source": "kinetics-sounds", "media": {"from_dir": "a", "split": "actor-disjoint"}},
+     ["datasets.kinetics-sounds.media.split", "has one split", "crema-d"]),
 ])
 def test_bad_paper_scale_entries_name_the_key(raw, entry, expected):
     raw["datasets"][entry["source"]] = entry

@@ -117,8 +117,8 @@ def test_bad_inputs_are_refused(crema, tmp_path):
         E.extract_split(crema, "crema-d", tmp_path / "t", ("NEU",), workers=0, progress=False)
     with pytest.raises(ValueError, match="listed twice"):
         E.extract_split(crema + crema[:1], "crema-d", tmp_path / "t", LABELS, workers=0, progress=False)
-    with pytest.raises(ValueError, match="recipe 'vggsound'"):
-        E.extract_split(crema, "vggsound", tmp_path / "t", LABELS, workers=0, progress=False)
+    with pytest.raises(ValueError, match="recipe 'no-such-set'"):
+        E.extract_split(crema, "no-such-set", tmp_path / "t", LABELS, workers=0, progress=False)
 
 
 def test_recipe_round_trip_and_sizes():

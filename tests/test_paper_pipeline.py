@@ -47,7 +47,7 @@ def test_crema_d_and_mosei_from_raw_files_to_the_report(server, tmp_path):
 
     # the raw files, verified, and the store: one folder per split, in the split file's order
     ready = json.loads((repo / paths.media_ready("crema-d")).read_text())
-    assert ready == {"source": "crema-d", "clips": "clips.csv"}
+    assert ready == {"source": "crema-d", "clips": "clips.csv", "split": "standard"}
     summary = json.loads((repo / paths.store_ready("crema-d")).read_text())
     assert summary["recipe"] == "crema-d"
     for split in ("train", "val", "test"):
@@ -70,6 +70,16 @@ def test_crema_d_and_mosei_from_raw_files_to_the_report(server, tmp_path):
         assert set(rob["runs"]) == {"joint", "dyncim"}
     report = (repo / paths.REPORT).read_text()
     assert "## crema-d" in report and "## mosei" in report
+    # which split each number is on, and the sanity check against the published ranges: these
+    # two-epoch, width-4 runs are checked (joint's fused accuracy), whatever their verdict
+    sanity = json.loads((repo / paths.SUMMARY["sanity"]).read_text())
+    assert {d: sanity[d]["split"] for d in sanity} == {"crema-d": "standard", "mosei": "standard"}
+    for data in ("crema-d", "mosei"):
+        (check,) = sanity[data]["checks"]
+        acc = json.loads((repo / paths.eval_file(data, "joint", 0)).read_text())["acc"]
+        assert (check["method"], check["what"], check["mean"]) == ("joint", "fused", round(acc, 6))
+        assert sanity[data]["flagged"] == (check["status"] != "ok")
+    assert "Split: standard." in report and "split: standard" in (repo / paths.SUMMARY["md"]).read_text()
     again = run(["snakemake", "-n", "--configfile", str(cfg)], repo)
     assert "Nothing to be done" in again.stdout + again.stderr
 

@@ -3,7 +3,8 @@
 The media are Git LFS objects of the public repository CheyneyComputerScience/CREMA-D. The
 project pins them by `resources/splits/crema-d/lfs-manifest.csv` (`path,sha256,size` of every
 `AudioWAV/*.wav` and `VideoFlash/*.flv`, 14,884 files, 3.05 GB) and takes its splits from
-`resources/splits/crema-d/splits.csv` (`clip,label,split`: 5,954 train, 744 val, 744 test).
+`resources/splits/crema-d/splits.csv` (`clip,label,split`: 5,954 train, 744 val, 744 test), or
+the actor-disjoint alternative `splits-actor-disjoint.csv` (dyncim.data.actor_split).
 
 `download_crema_d` brings the files into a folder (by default from the repository's LFS media
 URL, or from any base URL or local folder with the same layout) with `download.sync_files`, and
@@ -20,6 +21,10 @@ from .splits import read_clip_splits
 RESOURCES = Path(__file__).resolve().parents[2] / "resources" / "splits" / "crema-d"
 LFS_MANIFEST = RESOURCES / "lfs-manifest.csv"
 SPLITS_FILE = RESOURCES / "splits.csv"
+# our actor-disjoint alternative, made from SPLITS_FILE by dyncim.data.actor_split (seed 0)
+ACTOR_SPLITS_FILE = RESOURCES / "splits-actor-disjoint.csv"
+# `media.split` of a crema-d data set -> the file it reads; "standard" is the default
+SPLIT_FILES = {"standard": SPLITS_FILE, "actor-disjoint": ACTOR_SPLITS_FILE}
 # Git LFS media of the public repository; `<base>/<path>` serves the file's content
 DEFAULT_BASE_URL = "https://media.githubusercontent.com/media/CheyneyComputerScience/CREMA-D/master/"
 LABELS = ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")
@@ -67,8 +72,8 @@ def download_crema_d(out: str | Path, *, base_url: str | None = None,
                      from_dir: str | Path | None = None, link: str = "copy", jobs: int = 8,
                      retries: int = 2, timeout: float = 60.0, backoff: float = 1.0,
                      stamps: bool = True, manifest: str | Path = LFS_MANIFEST,
-                     splits: str | Path = SPLITS_FILE, progress: bool = False,
-                     log=print) -> Path:
+                     splits: str | Path | None = None, split: str = "standard",
+                     progress: bool = False, log=print) -> Path:
     """Bring CREMA-D's WAV and FLV files into `out` (verified, resumable, in parallel) and write
     `out/clips.csv`; return its path.
 
@@ -77,9 +82,14 @@ def download_crema_d(out: str | Path, *, base_url: str | None = None,
     (default DEFAULT_BASE_URL). Every file the split file uses is fetched; on failure
     `download.FilesFailedError` names each file that failed and `out/download-report.json` lists
     them; `clips.csv` is written only when every file is verified, so it can stand for the whole
-    download in a pipeline.
+    download in a pipeline. `split`: which shipped split file (SPLIT_FILES) `clips.csv` follows,
+    unless `splits` names a file.
     """
     out = Path(out)
+    if splits is None:
+        if split not in SPLIT_FILES:
+            raise ValueError(f"CREMA-D split {split!r}: expected one of {sorted(SPLIT_FILES)}")
+        splits = SPLIT_FILES[split]
     rows = read_splits(splits)
     entries = files_for(rows, D.read_file_manifest(manifest), manifest)
     if from_dir is None and base_url is None:

@@ -10,6 +10,9 @@ store (`dyncim.data.store`), in parallel over clips, with a progress bar, stream
 A clip is anything with `.clip` (id), `.label` (class name), `.audio` and `.video` (file paths;
 the same file when one holds both): `download.Clip` or `media.SyntheticClip`.
 
+UCF-101's recipe (`VideoFlowRecipe`) has no audio: the frames, and the optical flow from each
+sampled frame to the next decoded one (`dyncim.data.flow`), both uint8 and channels-last.
+
 Per clip (`extract_clip`, in a worker process): the audio track decoded and resampled with PyAV
 (`media.decode_audio`), its spectrogram with `torch.stft` (`spectrogram.LogSTFT` / `KaldiFbank`)
 stored as float16; `frames` frames sampled at 1 fps and resized to a fixed size
@@ -50,6 +53,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from . import media
+from .flow import FlowSpec
 from .spectrogram import KaldiFbank, LogSTFT, audio_recipe_from_dict
 from .store import SplitWriter, is_complete
 
@@ -93,9 +97,43 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Recipe":
+        if "flow" in d:  # a stored recipe of either kind reads back through here
+            return VideoFlowRecipe.from_dict(d)
         v = dict(d["video"])
         v["size"] = tuple(v["size"])
         return cls(d["name"], audio_recipe_from_dict(d["audio"]), FrameSpec(**v), d.get("audio_channel", "mean"))
+
+
+@dataclass(frozen=True)
+class VideoFlowRecipe:
+    """RGB frames and optical flow, no audio (UCF-101): `frames` uint8 (T, H, W, 3) sampled as
+    `video` says, and `flow` uint8 (T, H, W, 2), each field between a sampled frame and the decoded
+    frame after it, computed on the stored-size pictures (`dyncim.data.flow`)."""
+    name: str
+    video: FrameSpec
+    flow: FlowSpec
+
+    def arrays(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        h, w = self.video.size
+        return {"frames": ((self.video.frames, h, w, 3), "uint8"), "flow": ((self.video.frames, h, w, 2), "uint8")}
+
+    def bytes_per_sample(self) -> int:
+        return sum(int(np.prod(s)) * np.dtype(d).itemsize for s, d in self.arrays().values())
+
+    def to_dict(self) -> dict:
+        v = asdict(self.video)
+        v["size"] = list(v["size"])
+        return {"name": self.name, "video": v, "flow": self.flow.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VideoFlowRecipe":
+        v = dict(d["video"])
+        v["size"] = tuple(v["size"])
+        f = {k: x for k, x in d["flow"].items() if k != "algorithm"}
+        if d["flow"].get("algorithm", "farneback") != "farneback":
+            raise ValueError(f"recipe {d['name']!r}: flow algorithm {d['flow']['algorithm']!r}; "
+                             f"this code computes farneback")
+        return cls(d["name"], FrameSpec(**v), FlowSpec(**f))
 
 
 RECIPES = {
@@ -104,11 +142,22 @@ RECIPES = {
     # Kinetics-Sounds: 16 kHz (first channel, as kaldi.fbank takes it), 128-bin Kaldi fbank,
     # 1,024 frames, normalised -> 1024 x 128; 3 frames evenly spaced over the 1 fps frames
     "kinetics-sounds": Recipe("kinetics-sounds", KaldiFbank(), FrameSpec(1.0, 3, (224, 224)), 0),
+    # AVE: the peers' AVEDataset (PMR / OGM-GE family): 22,050 Hz mono, 3 s tiled, STFT 512 /
+    # hop 256, log|S| -> 257 x 259 (their np.resize to 224 x 224, a reshuffle of the values, is
+    # left out); 1 fps, 3 frames evenly spaced
+    "ave": Recipe("ave", LogSTFT(hop=256), FrameSpec(1.0, 3, (224, 224)), "mean"),
+    # VGGSound: OGM-GE's VGGSoundDataset: 16 kHz mono, tiled, a 5 s window (the middle one of the
+    # peers' random start in [0, 5] s), STFT 256 / hop 128, log|S| -> 129 x 626; 1 fps, 3 frames
+    "vggsound": Recipe("vggsound", LogSTFT(sample_rate=16000, seconds=5.0, n_fft=256, hop=128, start=2.5),
+                       FrameSpec(1.0, 3, (224, 224)), "mean"),
+    # UCF-101: 3 frames evenly spaced over the 1 fps frames, at 128 x 128, and the Farneback flow
+    # from each to the next decoded frame, clipped to 8 pixels, uint8 (docs/data.md)
+    "ucf-101": VideoFlowRecipe("ucf-101", FrameSpec(1.0, 3, (128, 128)), FlowSpec()),
 }
 
 
-def get_recipe(recipe: Recipe | str) -> Recipe:
-    if isinstance(recipe, Recipe):
+def get_recipe(recipe: Recipe | VideoFlowRecipe | str) -> Recipe | VideoFlowRecipe:
+    if isinstance(recipe, (Recipe, VideoFlowRecipe)):
         return recipe
     if recipe not in RECIPES:
         raise ValueError(f"recipe {recipe!r}: expected one of {sorted(RECIPES)}")
@@ -120,6 +169,8 @@ def get_recipe(recipe: Recipe | str) -> Recipe:
 def extract_clip(clip: ClipLike, recipe: Recipe) -> tuple[dict[str, np.ndarray], dict]:
     """Decode one clip: ({"audio": float16, "frames": uint8 (T, H, W, 3)}, record with n_frames,
     aspect, audio_seconds, video_seconds). Raises media.MediaError when a file cannot be decoded."""
+    if isinstance(recipe, VideoFlowRecipe):
+        return extract_video_flow(clip, recipe)
     import torch
     wave, sr = media.decode_audio(clip.audio, recipe.audio.sample_rate, recipe.audio_channel)
     with torch.inference_mode():
@@ -135,6 +186,23 @@ def extract_clip(clip: ClipLike, recipe: Recipe) -> tuple[dict[str, np.ndarray],
     record = {"n_frames": n, "aspect": round(fr.aspect, 6), "audio_seconds": round(len(wave) / sr, 4),
               "video_seconds": round(fr.duration, 4)}
     return {"audio": spec.astype(np.float16), "frames": frames}, record
+
+
+def extract_video_flow(clip: ClipLike, recipe: VideoFlowRecipe) -> tuple[dict[str, np.ndarray], dict]:
+    """Decode one clip's video: ({"frames": uint8 (T, H, W, 3), "flow": uint8 (T, H, W, 2)}, record
+    with n_frames, aspect, video_seconds); slots past a short clip's frames repeat its last ones."""
+    from .flow import flow_fields
+    v = recipe.video
+    fr = media.decode_frames(clip.video, v.fps, v.frames, v.size, successors=True)
+    n = fr.images.shape[0]
+    frames = np.empty((v.frames, *v.size, 3), dtype=np.uint8)
+    frames[:n] = fr.images
+    frames[n:] = frames[n - 1]
+    flow = np.empty((v.frames, *v.size, 2), dtype=np.uint8)
+    flow[:n] = flow_fields(fr.pairs, recipe.flow)
+    flow[n:] = flow[n - 1]
+    record = {"n_frames": n, "aspect": round(fr.aspect, 6), "video_seconds": round(fr.duration, 4)}
+    return {"frames": frames, "flow": flow}, record
 
 
 def _work(job):
@@ -189,9 +257,11 @@ def _results(jobs, workers: int, inflight: int, start_method: str = "forkserver"
                 while window:
                     result = window[0][1].result()
                     window.popleft()
+                    # handed on before the next submit: a pool that broke meanwhile makes submit
+                    # raise, which would lose a result taken from the window but not yet yielded
+                    yield result
                     for j in _take(it, 1):
                         submit(ex, j)
-                    yield result
                 return
             except BrokenProcessPool:
                 pass
@@ -233,7 +303,7 @@ def split_plan(clips: Sequence[ClipLike], recipe: Recipe, classes: Sequence[str]
             "clips": [[c.clip, c.label] for c in clips]}
 
 
-def extract_split(clips: Sequence[ClipLike], recipe: Recipe | str, out_dir: str | Path,
+def extract_split(clips: Sequence[ClipLike], recipe: Recipe | VideoFlowRecipe | str, out_dir: str | Path,
                   classes: Sequence[str], workers: int | None = None, inflight: int | None = None,
                   commit_every: int = 256, commit_seconds: float = 15.0, progress: bool = True,
                   desc: str | None = None, log=None, start_method: str = "forkserver") -> Path:
@@ -285,7 +355,8 @@ def extract_split(clips: Sequence[ClipLike], recipe: Recipe | str, out_dir: str 
         bar.close()
         w.finish(ids, [c.label for c in clips],
                  {"dataset": recipe.name, "recipe": recipe.to_dict(), "classes": classes,
-                  "extract_version": EXTRACT_VERSION, "channels_last": ["frames"]})
+                  "extract_version": EXTRACT_VERSION,
+                  "channels_last": [a for a in ("frames", "flow") if a in recipe.arrays()]})
     if log:
         log(f"{out_dir}: {len(clips)} clips ({failed} failed) in {time.time() - t0:.1f} s")
     return out_dir

@@ -103,6 +103,9 @@ class Frames:
     width: int  # source picture size in pixels
     height: int
     aspect: float  # source display aspect ratio (width / height, sample aspect ratio applied)
+    # with `successors`: per sampled frame, two consecutive decoded frames (n, 2, H, W, 3) for
+    # optical flow: the frame and the next one (the one before it for a clip's very last frame)
+    pairs: np.ndarray | None = None
 
 
 def frame_slots(duration: float, fps: float) -> int:
@@ -121,9 +124,10 @@ def evenly_spaced(n: int, k: int | None) -> list[int]:
 
 def decode_frames(path: str | Path, fps: float = 1.0, max_frames: int | None = 3,
                   size: tuple[int, int] | None = (224, 224),
-                  interpolation: str = "BILINEAR") -> Frames:
+                  interpolation: str = "BILINEAR", successors: bool = False) -> Frames:
     """Sample frames at `fps` (see the module docstring) from the first video stream of `path`,
     each converted to RGB and resized to `size` = (height, width) (None: keep the source size).
+    `successors`: also keep the decoded frame after each sampled one (`Frames.pairs`, for flow).
 
     Decodes the stream once, keeping at most one decoded frame per interval, so memory does not
     grow with the clip's length.
@@ -135,9 +139,13 @@ def decode_frames(path: str | Path, fps: float = 1.0, max_frames: int | None = 3
         stream = c.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate or Fraction(25)
         best: dict[int, tuple[float, float, object]] = {}  # interval -> (distance, time, frame)
-        t0, last, count = None, None, 0
+        after: dict[int, object] = {}  # interval -> the frame decoded after its best one
+        before: dict[int, object] = {}  # interval -> the frame decoded before its best one
+        t0, last, count, prev, pending = None, None, 0, None, None
         try:
             for frame in c.decode(stream):
+                if pending is not None:  # decoders emit frames in display order: this one is next
+                    after[pending], pending = frame, None
                 t = frame.time if frame.time is not None else count / float(rate)
                 if t0 is None:
                     t0 = t
@@ -148,6 +156,10 @@ def decode_frames(path: str | Path, fps: float = 1.0, max_frames: int | None = 3
                 d = abs(t - (k + 0.5) / fps)
                 if k not in best or d < best[k][0]:
                     best[k] = (d, t, frame)
+                    if successors:
+                        after.pop(k, None)
+                        before[k], pending = prev, k
+                prev = frame if successors else None
         except av.error.FFmpegError as e:
             if not best:
                 raise MediaError(f"{path}: video decoding failed ({type(e).__name__}: {e})") from None
@@ -170,7 +182,23 @@ def decode_frames(path: str | Path, fps: float = 1.0, max_frames: int | None = 3
                 images.append(frame.reformat(width=size[1], height=size[0], format="rgb24",
                                              interpolation=interpolation).to_ndarray())
         times = np.array([best[k][1] for k in chosen], dtype=np.float64)
-    return Frames(np.stack(images), times, float(duration), int(width), int(height), float(aspect))
+        pairs = None
+        if successors:
+            def rgb(frame):
+                if size is None:
+                    return frame.to_ndarray(format="rgb24")
+                return frame.reformat(width=size[1], height=size[0], format="rgb24",
+                                      interpolation=interpolation).to_ndarray()
+            pairs = []
+            for k, img in zip(chosen, images):
+                if after.get(k) is not None:
+                    pairs.append((img, rgb(after[k])))
+                elif before.get(k) is not None:
+                    pairs.append((rgb(before[k]), img))
+                else:  # a one-frame video: no motion to measure
+                    pairs.append((img, img))
+            pairs = np.stack([np.stack(p) for p in pairs])
+    return Frames(np.stack(images), times, float(duration), int(width), int(height), float(aspect), pairs)
 
 
 # ---- synthetic media (tests, benchmarks) --------------------------------------------------------

@@ -15,6 +15,15 @@ audio, visual, vision, then any other by name. Each array's kind follows from it
                Either way normalised with ImageNet's mean/std: float32 (B, T, 3, S, S), S = H.
   spectrogram  float16 (F, T) or (1, F, T): float32 (B, 1, F, T), converted on the device.
   sequence     float32 (T, d) (CMU-MOSEI, `dyncim.data.mosei.write_mosei_store`): as stored.
+  flow         uint8 (T, H, W, 2), optical flow (UCF-101, `dyncim.data.flow`: 128 = no motion),
+               stored channels-last: transformed on the device by `dyncim.train.augment.FlowAugment`
+               (training: crop and flip per field, a flip negating the x component; evaluation:
+               the whole field), de-quantised to flow / bound in [-1, 1]: float32 (B, T, 2, S, S).
+  vector       float32 (d,) (frozen pretrained features, `dyncim.data.image_text`): as stored; the
+               model input is a feature vector (shape: the int d), so `encoder: auto` picks the MLP.
+
+Labels: class indices (int64), or for a multi-label store (meta.json `multilabel`) multi-hot
+float32 (N, C) targets; `multilabel` says which.
 
 Where the data lives: moved to a CUDA device (`to`), every array that fits in `resident_fraction`
 of the device's free memory (smallest first) is copied there once, in its stored dtype (uint8 /
@@ -30,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..train.augment import FrameAugment
+from ..train.augment import FlowAugment, FrameAugment
 from . import store as S
 from .splits import SPLITS
 
@@ -43,19 +52,23 @@ def array_kind(name: str, shape: tuple, dtype) -> str:
     dt = np.dtype(dtype)
     if dt == np.uint8 and len(shape) == 4 and shape[-1] == 3:
         return "frames"
+    if dt == np.uint8 and len(shape) == 4 and shape[-1] == 2:
+        return "flow"
     if dt == np.float16 and (len(shape) == 2 or (len(shape) == 3 and shape[0] == 1)):
         return "spectrogram"
     if dt == np.float32 and len(shape) == 2:
         return "sequence"
+    if dt == np.float32 and len(shape) == 1:
+        return "vector"
     raise ValueError(f"array {name!r} of {dt} {tuple(shape)} per sample: expected frames (uint8 (T, H, W, 3)), "
-                     f"a spectrogram (float16 (F, T) or (1, F, T)) or a sequence (float32 (T, d))")
+                     f"a spectrogram (float16 (F, T) or (1, F, T)), a sequence (float32 (T, d)) or a vector (float32 (d,))")
 
 
 @dataclass
 class Modality:
     name: str                   # the modality's name (what logs and results call it)
     array: str                  # the store's array
-    kind: str                   # frames, spectrogram or sequence
+    kind: str                   # frames, spectrogram, sequence or vector
     parts: tuple                # per split (train, val, test): the store's array (memory map)
     sample_shape: tuple         # stored shape of one sample
     dtype: torch.dtype          # stored dtype
@@ -68,11 +81,13 @@ class Modality:
     @property
     def input_shape(self) -> tuple:
         """Per-sample shape of the model input."""
-        if self.kind == "frames":
+        if self.kind in ("frames", "flow"):
             T, H, _, C = self.sample_shape
             return (T, C, H, H)
         if self.kind == "spectrogram" and len(self.sample_shape) == 2:
             return (1, *self.sample_shape)
+        if self.kind == "vector":
+            return int(self.sample_shape[0])   # an int: vector features, as FeatureSet.shapes
         return tuple(self.sample_shape)
 
 
@@ -101,6 +116,10 @@ class MediaSet:
 
     def __len__(self) -> int:
         return len(self.row)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.labels.dim() == 2
 
     @property
     def views(self):
@@ -189,6 +208,9 @@ class MediaSet:
             if m.kind == "frames":
                 aug = FrameAugment(size=m.sample_shape[1])
                 x = aug(x.movedim(-1, -3), train, self.aspect[idx] if train else 1.0, generator)
+            elif m.kind == "flow":
+                x = FlowAugment(size=m.sample_shape[1])(x.movedim(-1, -3), train,
+                                                        self.aspect[idx] if train else 1.0, generator)
             else:
                 x = x.float()
                 if x.dim() == 3 and m.kind == "spectrogram":

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from ..atomic import write_json
 
-RECIPE = {"crema-d": "crema-d", "kinetics-sounds": "kinetics-sounds"}   # dyncim.data.extract.RECIPES
+RECIPE = {"crema-d": "crema-d", "kinetics-sounds": "kinetics-sounds", "ave": "ave", "vggsound": "vggsound"}   # dyncim.data.extract.RECIPES
+RECIPE["ucf-101"] = "ucf-101"   # RGB frames + optical flow (dyncim.data.extract.VideoFlowRecipe)
 
 
 def _ready(path: str | Path) -> tuple[Path, dict]:
@@ -42,9 +43,17 @@ def build_store(ds: dict, ready: str | Path, summary_path: str | Path, log=print
         data = load_mosei(raw / rec["pickle"], task=ds["media"]["task"])
         write_mosei_store(data, out, source_sha256=info.get("sha256"))
         summary["task"] = ds["media"]["task"]
+    elif source in ("food-101", "mm-imdb"):   # frozen pretrained features (dyncim.data.image_text)
+        from .image_text import extract_store
+        from .mmimdb import GENRES
+        multilabel = source == "mm-imdb"
+        extract_store(raw / rec["samples"], out, list(GENRES) if multilabel else rec["classes"], multilabel,
+                      ds["media"], log=log)
+        summary["models"] = {k: ds["media"].get(k) for k in ("text_model", "text_revision", "image_model",
+                                                            "image_revision")}
     else:
         from .extract import extract_manifest
-        classes = _classes(source)
+        classes = _classes(source, raw)
         extract_manifest(raw / rec["clips"], RECIPE[source], out, classes, workers=ds["media"]["workers"], log=log)
         summary["recipe"] = RECIPE[source]
     for split in ("train", "val", "test"):
@@ -55,7 +64,18 @@ def build_store(ds: dict, ready: str | Path, summary_path: str | Path, log=print
     return summary_path
 
 
-def _classes(source: str) -> list[str]:
+def _classes(source: str, raw: Path | None = None) -> list[str]:
+    if source == "ucf-101":  # the shipped names, which the media step checked against classInd.txt and wrote
+        from .flow import require_opencv
+        from .ucf101 import CLASSES, read_classes as read_ucf
+        require_opencv("UCF-101's flow modality")  # before any clip is decoded
+        return read_ucf(raw / CLASSES)
+    if source == "ave":  # shipped, in index order
+        from .ave import read_classes as read_ave
+        return read_ave()
+    if source == "vggsound":  # the sorted labels of the user's vggsound.csv, written by the media step
+        from .vggsound import read_classes as read_vggsound
+        return read_vggsound(raw)
     if source == "crema-d":
         from .crema_d import LABELS
         return list(LABELS)

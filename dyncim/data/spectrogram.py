@@ -92,10 +92,18 @@ class LogSTFT:
     center: bool = True
     pad_mode: str = "constant"
     kind: str = "log_stft"
+    # seconds skipped before the window (VGGSound: OGM-GE draws a 5 s window starting in [0, 5] s
+    # of the tiled clip; the store keeps the middle one, 2.5 s); the waveform is tiled to
+    # start + seconds first. Left out of to_dict at 0, so the other recipes' plans are unchanged.
+    start: float = 0.0
 
     @property
     def n_samples(self) -> int:
         return int(round(self.seconds * self.sample_rate))
+
+    @property
+    def n_skip(self) -> int:
+        return int(round(self.start * self.sample_rate))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -105,13 +113,16 @@ class LogSTFT:
         return (self.n_fft // 2 + 1, frames)
 
     def __call__(self, wave: torch.Tensor) -> torch.Tensor:
-        x = fit_length(wave, self.n_samples, self.fit)
+        x = fit_length(wave, self.n_skip + self.n_samples, self.fit)[..., self.n_skip:]
         if self.clip is not None:
             x = x.clamp(-self.clip, self.clip)
         return torch.log(stft_magnitude(x, self.n_fft, self.hop, self.center, self.pad_mode) + self.eps)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not d["start"]:
+            del d["start"]
+        return d
 
 
 # ---- Kaldi filterbank --------------------------------------------------------------------------

@@ -242,7 +242,7 @@ class Split:
     meta: dict
     clips: list[str]
     label_names: list[str]
-    labels: np.ndarray  # int64 class indices (into meta["classes"])
+    labels: np.ndarray  # int64 class indices (into meta["classes"]); multi-label: float32 multi-hot (N, C)
     ok: np.ndarray  # bool
     n_frames: np.ndarray  # int64: valid frames per sample (the rest repeat the last one)
     aspect: np.ndarray  # float32: source display aspect (width / height)
@@ -310,7 +310,12 @@ def open_split(path: str | Path, mmap: bool = True) -> Split:
     classes = list(meta.get("classes", []))
     lookup = {c: i for i, c in enumerate(classes)}
     try:
-        labels = np.array([lookup[r["label"]] for r in rows], dtype=np.int64)
+        if meta.get("multilabel"):   # the label names joined by "|" (dyncim.data.image_text)
+            labels = np.zeros((n, len(classes)), dtype=np.float32)
+            for i, r in enumerate(rows):
+                labels[i, [lookup[x] for x in r["label"].split("|") if x]] = 1.0
+        else:
+            labels = np.array([lookup[r["label"]] for r in rows], dtype=np.int64)
     except KeyError as e:
         raise ValueError(f"{path / INDEX}: label {e.args[0]!r} is not one of the classes in {meta_file}") from None
     arrays = {}

@@ -29,6 +29,14 @@ import torch
 from torch.nn import functional as F
 
 
+def classification_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy on class indices; on multi-hot targets (multi-label sets), binary
+    cross-entropy with logits, the mean over samples and labels (dyncim.multilabel)."""
+    if y.dim() == 2:
+        return F.binary_cross_entropy_with_logits(logits, y)
+    return F.cross_entropy(logits, y)
+
+
 @dataclass
 class Context:
     """What a method may know about the run it is part of."""
@@ -39,6 +47,7 @@ class Context:
     steps_per_epoch: int
     device: torch.device
     corrupted: torch.Tensor | None = None  # synthetic sets: per-sample corruption codes (diagnostics only)
+    multilabel: bool = False    # multi-hot float targets (dyncim.multilabel); only some methods support them
     extras: dict = field(default_factory=dict)
 
     @property
@@ -52,7 +61,7 @@ class StepResult:
     loss: torch.Tensor          # the scalar objective (logged; the default backward differentiates it)
     logits: torch.Tensor        # the fused prediction of the batch (training accuracy)
     out: Any                    # the forward pass (dyncim.models.Output)
-    y: torch.Tensor             # the batch's labels
+    y: torch.Tensor             # the batch's labels (class indices, or multi-hot targets)
     terms: Any = None           # the method's own terms for its backward (e.g. per-loss values)
 
 
@@ -64,6 +73,13 @@ class Method:
         self.cfg, self.ctx = cfg, ctx
         self.fusion = cfg.get("fusion", type(self).fusion)
         self.epoch = 0            # the current 0-based epoch, kept by begin_epoch
+        if ctx.multilabel:
+            from .catalog import CATALOG
+            kind = cfg.get("type")
+            if kind not in CATALOG or not CATALOG[kind].multilabel:
+                ok = sorted(t for t, e in CATALOG.items() if e.multilabel)
+                raise ValueError(f"{kind or type(self).__name__}: does not support multi-label data sets; "
+                                 f"supported: {', '.join(ok)}")
         if ctx.n_modalities < self.min_modalities:
             raise ValueError(f"{cfg.get('type', type(self).__name__)}: needs at least "
                              f"{self.min_modalities} modalities, the data set has {ctx.n_modalities}")
@@ -90,7 +106,7 @@ class Method:
         return model(xs)
 
     def loss(self, model, out, y, idx) -> StepResult:
-        return StepResult(F.cross_entropy(out.fused, y), out.fused, out, y)
+        return StepResult(classification_loss(out.fused, y), out.fused, out, y)
 
     def backward(self, model, res: StepResult) -> None:
         res.loss.backward()

@@ -13,11 +13,12 @@ class Entry:
     module: str          # module under dyncim.methods
     cls: str             # class name in that module
     max_modalities: int | None = None  # None: any number; 2: the paper defines it for two only
+    multilabel: bool = False  # trains and predicts on multi-label sets (multi-hot targets, BCE)
 
 
 CATALOG: dict[str, Entry] = {
-    "joint": Entry("joint", "Joint"),
-    "unimodal": Entry("unimodal", "Unimodal"),
+    "joint": Entry("joint", "Joint", multilabel=True),
+    "unimodal": Entry("unimodal", "Unimodal", multilabel=True),
     "dyncim": Entry("dyncim", "DynCIM"),
     "ogm-ge": Entry("ogm_ge", "OGMGE"),
     "gblending": Entry("gblending", "GBlending"),

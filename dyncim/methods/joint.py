@@ -1,4 +1,5 @@
-"""Joint training: one cross-entropy on the fused prediction (the unbalanced reference).
+"""Joint training: one cross-entropy on the fused prediction (the unbalanced reference); on a
+multi-label set (MM-IMDb), binary cross-entropy with logits instead (dyncim.methods.base.classification_loss).
 
 `fusion: concat` is the usual baseline; `fusion: sum` sums per-modality heads (joint-sum).
 `aux_weight > 0` adds each modality head's own cross-entropy (sum fusion + unimodal losses, the
@@ -9,9 +10,7 @@ head's with aux_weight); the rest are the defaults.
 """
 from __future__ import annotations
 
-from torch.nn import functional as F
-
-from .base import Method, StepResult
+from .base import Method, StepResult, classification_loss
 
 
 class Joint(Method):
@@ -21,7 +20,7 @@ class Joint(Method):
             raise ValueError("joint: aux_weight > 0 needs fusion: sum (concat has no separate heads)")
 
     def loss(self, model, out, y, idx):
-        loss = self.cfg["fused_weight"] * F.cross_entropy(out.fused, y)
+        loss = self.cfg["fused_weight"] * classification_loss(out.fused, y)
         if self.cfg["aux_weight"]:
-            loss = loss + self.cfg["aux_weight"] * sum(F.cross_entropy(z, y) for z in out.logits)
+            loss = loss + self.cfg["aux_weight"] * sum(classification_loss(z, y) for z in out.logits)
         return StepResult(loss, out.fused, out, y)

@@ -1,7 +1,7 @@
 """Each modality trained alone: the reference that shows how much joint training starves one.
 
 Hooks (dyncim/methods/base.py says when each fires): parts (one model per modality, each trained by
-the default hooks).
+the default hooks; on a multi-label set, the default loss is binary cross-entropy).
 """
 from __future__ import annotations
 

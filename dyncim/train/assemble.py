@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..methods import build as build_method
+from ..multilabel import is_multilabel
 from ..methods.base import Context, Method
 from ..models import MultimodalModel, build_model
 from ..models.multimodal import prepare_for_device
@@ -17,7 +18,7 @@ def assemble(data, method_cfg: dict, train_cfg: dict, device: torch.device,
     ctx = Context(names=data.names, n_classes=data.n_classes,
                   n_samples=len(data.labels) if n_samples is None else n_samples,
                   epochs=train_cfg["epochs"], steps_per_epoch=steps_per_epoch, device=device,
-                  corrupted=data.corrupted)
+                  corrupted=data.corrupted, multilabel=is_multilabel(data))
     method = build_method(method_cfg, ctx)
     model = build_model(data.shapes, data.n_classes, method.fusion, train_cfg)
     method.setup(model)

@@ -215,3 +215,52 @@ class FrameAugment:
             return train_frames(frames, self.size, gen, self.scale, self.ratio, self.flip_p, aspect,
                                 self.mean, self.std, self.dtype)
         return eval_frames(frames, self.size, self.mean, self.std, self.dtype)
+
+
+# ---- optical flow ------------------------------------------------------------------------------
+
+FLOW_ZERO, FLOW_LEVELS = 128, 127  # dyncim.data.flow's quantisation: f = (q - 128) / 127 * bound
+
+
+class FlowAugment:
+    """Optical flow stored as uint8 (B, T, 2, H, W) (`dyncim.data.flow`: x and y components,
+    128 = no motion) -> float (B, T, 2, size, size) = flow / bound, in [-1, 1].
+
+    Training: per flow field, a crop box drawn as for the frames (`crop_boxes`, the same scale and
+    ratio ranges, in the source's aspect), resized, and a horizontal flip with probability `flip_p`
+    that also negates the x component (mirrored motion points the other way). As TSN's flow
+    augmentation, the values are not rescaled with the crop's zoom. Evaluation: the whole field."""
+
+    def __init__(self, size: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), flip_p: float = 0.5,
+                 dtype: torch.dtype = torch.float32):
+        self.size, self.scale, self.ratio, self.flip_p, self.dtype = size, scale, ratio, flip_p, dtype
+
+    def __call__(self, flow: torch.Tensor, train: bool, aspect=1.0,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        if flow.dim() != 5 or flow.shape[2] != 2:
+            raise ValueError(f"flow of shape {tuple(flow.shape)}: expected (B, T, 2, H, W)")
+        B, T = flow.shape[:2]
+        flat = flow.flatten(0, 1)
+        N, (H, W) = flat.shape[0], flat.shape[-2:]
+        a = torch.full((2, 1, 1), 1.0 / FLOW_LEVELS, device=flow.device)
+        b = torch.full((2, 1, 1), -FLOW_ZERO / FLOW_LEVELS, device=flow.device)
+        if not train:
+            out = flat.float()
+            if (H, W) != (self.size, self.size):
+                out = F.interpolate(out, size=(self.size, self.size), mode="bilinear", align_corners=False,
+                                    antialias=True)
+            out = out * a + b
+            return out.to(self.dtype).view(B, T, 2, self.size, self.size)
+        asp = torch.as_tensor(aspect, dtype=torch.float32, device=flow.device)
+        if asp.dim() == 1:
+            asp = asp.repeat_interleave(T)
+        boxes = pixel_boxes(crop_boxes(N, self.scale, self.ratio, asp, generator, device=flow.device), H, W)
+        gdev = generator.device if generator is not None else flow.device
+        flip = (torch.rand(N, generator=generator, device=gdev) < self.flip_p).to(flow.device)
+        if flow.device.type == "cpu" and flow.dtype == torch.uint8:
+            out = resample_pixel_boxes(flat, boxes, flip, (self.size, self.size), (a, b))
+        else:
+            frac = boxes.to(torch.float32) / torch.tensor([W, H, W, H], dtype=torch.float32, device=flow.device)
+            out = resample_boxes(flat.float(), frac, flip, (self.size, self.size)).mul_(a).add_(b)
+        out[:, 0] = torch.where(flip.view(N, 1, 1), -out[:, 0], out[:, 0])  # mirrored motion: dx -> -dx
+        return out.to(self.dtype).view(B, T, 2, self.size, self.size)

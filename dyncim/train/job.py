@@ -68,7 +68,9 @@ def train_seed(params: dict, data: str, method: str, seed: int, feats: features.
                                                       + (f" part={name}" if name else ""))
         best = trainer.fit()
         saved.append({"modalities": modalities, "names": sub.names, "fusion": trainer.method.fusion,
-                      "best_epoch": best["epoch"], "best_val_acc": best["val_acc"], "state": best["state"],
+                      "best_epoch": best["epoch"],
+                      **{f"best_{k}": v for k, v in best.items() if k.startswith("val_")},   # val_acc / val_micro_f1
+                      "state": best["state"],
                       "in_dims": sub.shapes})
         rows += [{"part": name or "all", **r} for r in trainer.history]
     out = root / paths.best_model(data, method, seed)

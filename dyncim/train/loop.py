@@ -6,7 +6,8 @@ tensors and are read once per epoch. Store-backed sets (dyncim.data.media_set) g
 augment each batch through the same `data.batch(idx, train, generator)`, their augmentation drawn
 from the trainer's own generator (saved in the checkpoint). On CUDA, the encoders run in bfloat16
 autocast and convolutions channels-last (dyncim.models.multimodal.prepare_for_device).
-Validation picks the best epoch (never the test split).
+Validation picks the best epoch (never the test split): by accuracy, or on a multi-label set
+(dyncim.multilabel) by micro-F1, whose figures then replace accuracy's in the history (`*_micro_f1`).
 A resume checkpoint (model, optimiser, scheduler, RNG states, method state, best state, history)
 is written atomically every `checkpoint_every` epochs; a run restarted with the same configuration
 continues from it and ends exactly as an uninterrupted run (on CPU).
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
+from .. import multilabel as ML
 from ..atomic import remove_stale, torch_save
 from .assemble import assemble
 from .inference import evaluate_split
@@ -57,7 +59,9 @@ class Trainer:
         # crops and flips of training batches (store-backed sets; feature sets draw nothing)
         self.augment = torch.Generator().manual_seed(seed + AUGMENT_SEED)
         self.epoch = 0
-        self.best = {"val_acc": -1.0, "epoch": -1, "state": None}
+        self.multilabel = ML.is_multilabel(self.data)
+        self.metric = "micro_f1" if self.multilabel else "acc"   # what validation selects on
+        self.best = {f"val_{self.metric}": -1.0, "epoch": -1, "state": None}
         self.history: list[dict] = []
         self.global_step = 0
 
@@ -117,6 +121,7 @@ class Trainer:
         perm = self.train_idx[torch.randperm(len(self.train_idx), generator=self.shuffle).to(self.device)]
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
+        f1_counts = torch.zeros(3, device=self.device, dtype=torch.long)   # multi-label: tp, fp, fn
         first_bad = torch.full((), -1, device=self.device, dtype=torch.long)
         for step, start in enumerate(range(0, len(perm), bs)):
             idx = perm[start:start + bs]
@@ -133,18 +138,27 @@ class Trainer:
             bad = ~torch.isfinite(loss)
             first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
             loss_sum += torch.where(bad, torch.zeros_like(loss), loss) * len(idx)
-            correct += (logits.detach().argmax(1) == y).sum()
+            if self.multilabel:
+                f1_counts += ML.counts(logits, y)
+            else:
+                correct += (logits.detach().argmax(1) == y).sum()
             self.global_step += 1
         if (s := int(first_bad)) >= 0:
             raise NonFiniteLoss(f"{self.tag}: non-finite loss at epoch {self.epoch + 1}, step {s + 1}; "
                                 f"lower the learning rate or check the inputs")
         n = len(perm)
-        return float(loss_sum) / n, float(correct) / n
+        return float(loss_sum) / n, ML.micro_f1(f1_counts) if self.multilabel else float(correct) / n
 
     def validate(self) -> dict:
         fused, parts, _ = evaluate_split(self.model, self.method, self.data, self.val_idx,
                                          self.cfg["eval_batch_size"])
         y = self.data.labels[self.val_idx]
+        if self.multilabel:
+            res = {"val_loss": float(F.binary_cross_entropy_with_logits(fused, y)),
+                   **{f"val_{k}": v for k, v in ML.f1_scores(fused, y).items()}}
+            for name, z in zip(self.data.names, parts):
+                res[f"val_micro_f1_{name}"] = ML.f1(z, y, "micro")
+            return res
         res = {"val_loss": float(F.cross_entropy(fused, y)), "val_acc": float((fused.argmax(1) == y).float().mean())}
         for name, z in zip(self.data.names, parts):
             res[f"val_acc_{name}"] = float((z.argmax(1) == y).float().mean())
@@ -164,10 +178,11 @@ class Trainer:
                 lr = self.optimizer.param_groups[0]["lr"]
                 train_loss, train_acc = self.train_epoch()
                 self.scheduler.step()
-                row = {"epoch": self.epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
-                       **self.validate()}
-                if row["val_acc"] > self.best["val_acc"]:
-                    self.best = {"val_acc": row["val_acc"], "epoch": row["epoch"],
+                key = f"val_{self.metric}"
+                row = {"epoch": self.epoch + 1, "lr": lr, "train_loss": train_loss,
+                       f"train_{self.metric}": train_acc, **self.validate()}
+                if row[key] > self.best[key]:
+                    self.best = {key: row[key], "epoch": row["epoch"],
                                  "state": copy.deepcopy(self.model.state_dict())}
                 self.method.on_epoch_end(self.view())
                 self.history.append(row)
@@ -184,14 +199,14 @@ class Trainer:
         return self.best
 
     def _log(self, writer, row):
-        e = row["epoch"]
+        e, k = row["epoch"], self.metric
         writer.add_scalar("loss/train", row["train_loss"], e)
         writer.add_scalar("loss/val", row["val_loss"], e)
-        writer.add_scalar("acc/train", row["train_acc"], e)
-        writer.add_scalar("acc/val", row["val_acc"], e)
+        writer.add_scalar(f"{k}/train", row[f"train_{k}"], e)
+        writer.add_scalar(f"{k}/val", row[f"val_{k}"], e)
         writer.add_scalar("lr", row["lr"], e)
         for name in self.data.names:
-            writer.add_scalar(f"acc_modality/val_{name}", row[f"val_acc_{name}"], e)
+            writer.add_scalar(f"{k}_modality/val_{name}", row[f"val_{k}_{name}"], e)
         self.method.log(writer, e)
 
     def hparams(self) -> tuple[dict, dict]:
@@ -206,11 +221,11 @@ class Trainer:
         hp = {"seed": self.seed}
         hp.update({f"method.{k}": scalar(v) for k, v in sorted(self.method_cfg.items()) if v is not None})
         hp.update({f"train.{k}": scalar(v) for k, v in sorted(self.cfg.items()) if v is not None})
-        last = self.history[-1]
-        metrics = {"hparam/best_val_acc": self.best["val_acc"], "hparam/best_epoch": self.best["epoch"],
-                   "hparam/final_val_acc": last["val_acc"], "hparam/final_train_acc": last["train_acc"],
+        last, k = self.history[-1], self.metric
+        metrics = {f"hparam/best_val_{k}": self.best[f"val_{k}"], "hparam/best_epoch": self.best["epoch"],
+                   f"hparam/final_val_{k}": last[f"val_{k}"], f"hparam/final_train_{k}": last[f"train_{k}"],
                    "hparam/final_train_loss": last["train_loss"]}
-        metrics.update({f"hparam/final_val_acc_{n}": last[f"val_acc_{n}"] for n in self.data.names})
+        metrics.update({f"hparam/final_val_{k}_{n}": last[f"val_{k}_{n}"] for n in self.data.names})
         return hp, metrics
 
     def _log_hparams(self, writer):

@@ -6,7 +6,7 @@ import sys
 
 from snakemake.utils import update_config
 
-from dyncim import codedeps, paths
+from dyncim import codedeps, paths, sanity
 from dyncim import config as dc
 
 
@@ -63,6 +63,20 @@ FIGURE_KINDS = dc.figure_kinds(P)
 os.environ.update(
     PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
 )
+
+
+# A local run's jobs start in milliseconds from a warm worker that has imported torch once
+# (dyncim.warm; their outputs are identical). Not on a cluster (its jobs run elsewhere), not in
+# the jobs a cluster runs (they are Snakemake processes of their own), not with DYNCIM_WARM=0.
+onstart:
+    if (
+        workflow.local_exec
+        and workflow.is_main_process
+        and os.environ.get("DYNCIM_WARM") != "0"
+    ):
+        from dyncim import warm
+
+        warm.start(os.path.join("logs", "warm.log"), parent=os.getpid())
 
 
 def job(build, *args):

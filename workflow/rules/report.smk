@@ -1,22 +1,27 @@
 # The aggregated results (summary tables, DVC metrics), the figures of each data configuration
 # and REPORT.md, the last step. Figures and tables are marked for `snakemake --report`.
 
+# the published accuracy ranges both reports check each paper-scale set against (dyncim.sanity)
+SANITY_RANGES = os.path.relpath(sanity.RANGES_FILE)
+
 
 rule report:
     input:
         [eval_outputs(d) for d in DATASETS],
+        ranges=SANITY_RANGES,
         code=code("report"),
     output:
         md=paths.SUMMARY["md"],
         csv=paths.SUMMARY["csv"],
         json=paths.SUMMARY["json"],
+        sanity=paths.SUMMARY["sanity"],
         metrics=directory(paths.METRICS_DIR),
     log:
         paths.log_file("report"),
     params:
         job=job(dc.report_job),
     shell:
-        "python -m dyncim report --job {params.job:q} --md {output.md} --csv {output.csv} --json {output.json} --metrics {output.metrics} --quiet > {log} 2>&1"
+        "python -m dyncim report --job {params.job:q} --md {output.md} --csv {output.csv} --json {output.json} --sanity {output.sanity} --metrics {output.metrics} --quiet > {log} 2>&1"
 
 
 rule figures:
@@ -50,6 +55,7 @@ rule report_md:
         [eval_outputs(d) for d in DATASETS],
         robustness=[paths.robustness_file(d) for d in DATASETS],
         figures=[paths.figure_file(d, k) for d in DATASETS for k in FIGURE_KINDS],
+        ranges=SANITY_RANGES,
         code=code("report_md"),
     output:
         report(paths.REPORT, caption="../report/report_md.rst", category="Report"),

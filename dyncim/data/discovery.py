@@ -1,0 +1,147 @@
+"""Finding a user's clips at scale (AVE, VGGSound): one walk of a folder into a stem -> path table
+of plain strings, a probe of each located file on a bounded thread pool, and a streaming report
+(`clips.csv`, `problems.csv`, `summary.json`) with the same columns and problem names as
+Kinetics-Sounds' (dyncim.data.kinetics_sounds), so that the feature step reads them the same way.
+
+Bounded memory for ~200k clips: the file table holds two strings per file; rows are streamed from
+the caller's iterator to the output files as they are probed (at most `window` probes in flight);
+nothing else is kept per clip but the per-split counters.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import csv
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from ..atomic import atomic_path, write_json
+from . import download as D
+from .kinetics_sounds import PROBLEM_COLUMNS, VIDEO_EXTS, probe_media
+
+SPLITS = ("train", "val", "test")
+CLIPS, PROBLEMS, SUMMARY = "clips.csv", "problems.csv", "summary.json"
+
+
+def walk_media(root: str | Path, exts=VIDEO_EXTS) -> dict[str, str]:
+    """{file stem: path} of every media file under `root` (one walk, folder links followed, each
+    folder once); where two files share a stem, the preferred extension (`exts` order), then the
+    smaller path, wins."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder")
+    rank = {e.lower(): i for i, e in enumerate(exts)}
+    found: dict[str, str] = {}
+    seen = set()
+    for folder, subdirs, names in os.walk(root, followlinks=True):
+        st = os.stat(folder)
+        if (st.st_dev, st.st_ino) in seen:  # a folder link back up the tree: walk it once
+            subdirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        for name in names:
+            stem, ext = os.path.splitext(name)
+            if ext.lower() in rank and not name.startswith("."):
+                path = os.path.join(folder, name)
+                old = found.get(stem)
+                if old is None or (rank[os.path.splitext(old)[1].lower()], old) > (rank[ext.lower()], path):
+                    found[stem] = path
+    return found
+
+
+def bounded_map(fn: Callable, items: Iterable, jobs: int, window: int | None = None) -> Iterator:
+    """(item, fn(item)) for every item, in order, on `jobs` threads, with at most `window`
+    (default 4 per thread) submitted and not yet yielded: `Executor.map` would submit them all
+    at once, one future per clip."""
+    window = window or 4 * max(1, jobs)
+    it = iter(items)
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        q: collections.deque = collections.deque()
+        for item in it:
+            q.append((item, pool.submit(fn, item)))
+            if len(q) >= window:
+                item0, f = q.popleft()
+                yield item0, f.result()
+        while q:
+            item0, f = q.popleft()
+            yield item0, f.result()
+
+
+def check_file(path: str | None, probe: bool) -> tuple[str, str] | None:
+    """(problem, detail) of a located path (None: no file with this id), else None."""
+    if path is None:
+        return "missing", "no file with this id"
+    if not os.path.isfile(path):
+        return "missing", "listed but not found"
+    return probe_media(path) if probe else None
+
+
+class Report:
+    """Streams the located rows into `out`: `clips.csv` (the usable clips, download.CLIP_COLUMNS,
+    audio and video the same file), `problems.csv` (one row per clip left out) and, on `close`,
+    `summary.json`; `clips.csv` is renamed into place last, and only when no split is empty."""
+
+    def __init__(self, out: Path, name: str):
+        self.out, self.name = Path(out), name
+        self.counts = {s: Counter(listed=0, used=0) for s in SPLITS}
+        self._stack = contextlib.ExitStack()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._clips_tmp = self._stack.enter_context(atomic_path(self.out / CLIPS))
+        self._problems_tmp = self._stack.enter_context(atomic_path(self.out / PROBLEMS))
+        self._cf = self._stack.enter_context(open(self._clips_tmp, "w", newline=""))
+        self._pf = self._stack.enter_context(open(self._problems_tmp, "w", newline=""))
+        self._cw, self._pw = csv.writer(self._cf), csv.writer(self._pf)
+        self._cw.writerow(D.CLIP_COLUMNS)
+        self._pw.writerow(PROBLEM_COLUMNS)
+
+    def add(self, clip: str, label: str, split: str, path: str | None, problem: tuple[str, str] | None):
+        c = self.counts[split]
+        c["listed"] += 1
+        if problem is None:
+            c["used"] += 1
+            p = os.path.abspath(path)
+            self._cw.writerow([clip, label, split, p, p])
+        else:
+            c[problem[0]] += 1
+            self._pw.writerow([clip, label, split, *problem, "" if path is None else os.path.abspath(path)])
+
+    def lines(self) -> list[str]:
+        return lines(self.counts)
+
+    def close(self, summary: dict, log=print) -> dict:
+        """Write summary.json and problems.csv; then clips.csv unless a split has no usable clip
+        (an error naming the splits, raised after the report is written). Returns the counts."""
+        counts = {s: dict(c) for s, c in self.counts.items()}
+        empty = [s for s in SPLITS if counts[s]["used"] == 0]
+        self._cf.close()
+        self._pf.close()
+        write_json(self.out / SUMMARY, {**summary, "splits": counts})
+        if empty:
+            self._stack.pop_all()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._clips_tmp)
+            os.replace(self._problems_tmp, self.out / PROBLEMS)
+            if log:
+                log(f"{self.name}: " + "; ".join(lines(counts)))
+            raise ValueError(f"{self.name}: no usable clip in the {', '.join(empty)} split(s) of "
+                             f"{summary.get('source')} (see {self.out / PROBLEMS})")
+        self._stack.close()  # renames problems.csv, then clips.csv (entered first, closed last)
+        if log:
+            log(f"{self.name} from {summary.get('source')}: " + "; ".join(lines(counts))
+                + f" (left out: {self.out / PROBLEMS})")
+        return counts
+
+    def abort(self) -> None:
+        self._stack.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+
+def lines(counts: dict) -> list[str]:
+    out = []
+    for s, c in counts.items():
+        bad = ", ".join(f"{v} {k}" for k, v in c.items() if k not in ("listed", "used") and v)
+        out.append(f"{s}: used {c['used']} of {c['listed']} clips" + (f" ({bad})" if bad else ""))
+    return out
+

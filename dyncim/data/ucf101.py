@@ -1,0 +1,296 @@
+"""UCF-101: 13,320 YouTube clips of 101 human actions, as two modalities, RGB frames and optical flow,
+from the user's copy of the official release (no download here).
+
+The user names the video folder (`from_dir`: `<Class>/v_<Class>_gXX_cYY.avi`) and, where it is not
+`ucfTrainTestlist/` inside or beside it, the official list folder (`lists`) holding `classInd.txt`
+(`1 ApplyEyeMakeup`), `trainlist01.txt` (`ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1`) and
+`testlist01.txt` (`ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi`). classInd.txt must list the 101
+classes of `resources/splits/ucf-101/classes.txt` in that order (compared ignoring case, so the
+official names are the ones used); the official files' CRLF line ends are accepted.
+
+Split: the official split 1 (trainlist01 / testlist01: 9,537 / 3,783 clips; test = groups 1-7).
+UCF-101 has no validation split, so one is carved out of trainlist01 by *group*: the clips of a
+group (gXX) share actor and background, and a validation set that cut a group would score clips
+whose near-duplicates are in training. `val_groups` (default 2) group numbers are chosen among
+the training ones (8-25) by `chosen_groups` (a seeded hash: the same on every machine and numpy
+version), and every class's clips of those groups form the validation split, as the official
+splits take the same group numbers from every class. With the defaults that is groups 19 and 23:
+8,492 train, 1,045 val (11 % of trainlist01; 8 to 14 clips per class) and 3,783 test clips.
+
+A clip's file is `from_dir/<listed path>`; when that is missing (a copy whose names changed case,
+such as `HandstandPushups/v_HandStandPushups_...`, or a flat folder), one walk of `from_dir` finds
+it by its path or its file name ignoring case. Clips that are missing, that PyAV cannot open or
+that hold no video stream (a probe: `av.open` and the stream list, in parallel) are listed in
+`problems.csv` and left out, not fatal; a split left with no clip is an error.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import re
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..atomic import atomic_path, write_json
+from . import download as D
+
+RESOURCES = Path(__file__).resolve().parents[2] / "resources" / "splits" / "ucf-101"
+CLASSES_FILE = RESOURCES / "classes.txt"
+LISTS_DIR = "ucfTrainTestlist"
+CLASS_INDEX, TRAIN_LIST, TEST_LIST = "classInd.txt", "trainlist01.txt", "testlist01.txt"
+SPLITS = ("train", "val", "test")
+CLIPS, PROBLEMS, SUMMARY, CLASSES = "clips.csv", "problems.csv", "summary.json", "classes.txt"
+PROBLEM_COLUMNS = ("clip", "label", "split", "problem", "detail", "path")
+# problem: missing | unreadable (PyAV cannot open it) | no-video; a clip whose decoding fails past
+# the probe is recorded by feature extraction instead (the store's index.csv `ok=0`)
+VAL_GROUPS, VAL_SEED = 2, 0
+
+_CLIP = re.compile(r"v_(.+)_g(\d+)_c(\d+)")
+
+
+@dataclass(frozen=True)
+class Row:
+    clip: str   # v_<Class>_gXX_cYY
+    label: str  # the class name as the shipped class list spells it
+    group: int
+    path: str   # as listed: <Class>/<clip>.avi
+    split: str  # train, val or test
+
+
+def read_classes(path: str | Path | None = None) -> list[str]:
+    """The shipped class list (`resources/splits/ucf-101/classes.txt`), one name a line."""
+    path = Path(path or CLASSES_FILE)
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not names or len({n.lower() for n in names}) != len(names):
+        raise ValueError(f"{path}: expected distinct class names, one a line")
+    return names
+
+
+def read_class_index(path: str | Path, expected: list[str]) -> list[str]:
+    """classInd.txt (`<1-based index> <name>` a line) checked against `expected` (same order,
+    names compared ignoring case); returns `expected`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing (UCF-101's official {CLASS_INDEX}; set media.lists "
+                                f"to the folder holding it)")
+    names = []
+    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2 or not parts[0].isdigit() or int(parts[0]) != len(names) + 1:
+            raise ValueError(f"{path}:{line_no}: expected `{len(names) + 1} <class name>`, got {line.strip()!r}")
+        names.append(parts[1])
+    if [n.lower() for n in names] != [n.lower() for n in expected]:
+        diff = [(i + 1, a, b) for i, (a, b) in enumerate(zip(names, expected)) if a.lower() != b.lower()]
+        raise ValueError(f"{path}: lists {len(names)} classes, expected the {len(expected)} of "
+                         f"{CLASSES_FILE.name} in order" + (f"; first difference at {diff[0]}" if diff else ""))
+    return list(expected)
+
+
+def parse_clip(clip: str) -> tuple[str, int, int]:
+    """`v_ApplyEyeMakeup_g08_c01` -> ("ApplyEyeMakeup", 8, 1)."""
+    m = _CLIP.fullmatch(clip)
+    if m is None:
+        raise ValueError(f"{clip!r} is not a UCF-101 clip name (v_<Class>_gXX_cYY)")
+    return m.group(1), int(m.group(2)), int(m.group(3))
+
+
+def read_list(path: str | Path, classes: list[str], split: str, with_index: bool) -> list[Row]:
+    """Rows of trainlist01.txt (`<Class>/<clip>.avi <index>`, `with_index`) or testlist01.txt
+    (`<Class>/<clip>.avi`; an index, where a copy adds one, is checked too), each checked: a known
+    class folder, the index of that class, a clip name of that class; errors name file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing (UCF-101's official {path.name}; set media.lists "
+                                f"to the folder holding it)")
+    by_lower = {c.lower(): i for i, c in enumerate(classes)}
+    rows = []
+    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        where = f"{path}:{line_no}"
+        if len(parts) > 2 or (with_index and len(parts) != 2):
+            raise ValueError(f"{where}: expected `<Class>/<clip>.avi{' <class index>' if with_index else ''}`, "
+                             f"got {line.strip()!r}")
+        rel = parts[0].replace("\\", "/")
+        folder, _, name = rel.rpartition("/")
+        if folder.lower() not in by_lower:
+            raise ValueError(f"{where}: class folder {folder!r} is not one of the {len(classes)} classes")
+        c = by_lower[folder.lower()]
+        if len(parts) == 2 and parts[1] != str(c + 1):
+            raise ValueError(f"{where}: class index {parts[1]}, but {classes[c]} is {c + 1} in {CLASS_INDEX}")
+        clip = os.path.splitext(name)[0]
+        try:
+            name_class, group, _ = parse_clip(clip)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        if name_class.lower() != folder.lower():
+            raise ValueError(f"{where}: clip {clip} is not of its folder's class {folder}")
+        rows.append(Row(clip, classes[c], group, rel, split))
+    return rows
+
+
+def chosen_groups(groups, k: int, seed: int) -> list[int]:
+    """`k` of the group numbers `groups`: those first when ordered by sha256("ucf-101:<seed>:<g>")
+    (a fixed function of the seed, unlike a random generator's stream across library versions)."""
+    groups = sorted(set(groups))
+    if not 0 < k < len(groups):
+        raise ValueError(f"media.val_groups = {k}: expected 1 to {len(groups) - 1} (the train list has "
+                         f"{len(groups)} groups)")
+    key = lambda g: hashlib.sha256(f"ucf-101:{seed}:{g}".encode()).hexdigest()  # noqa: E731
+    return sorted(sorted(groups, key=key)[:k])
+
+
+def split_rows(lists: str | Path, classes: list[str], val_groups: int = VAL_GROUPS,
+               val_seed: int = VAL_SEED) -> tuple[list[Row], list[int]]:
+    """Every clip of split 1 with its split (train / val / test, see the module docstring), and
+    the validation groups; no clip may be listed twice."""
+    lists = Path(lists)
+    train = read_list(lists / TRAIN_LIST, classes, "train", with_index=True)
+    test = read_list(lists / TEST_LIST, classes, "test", with_index=False)
+    seen = Counter(r.clip for r in train + test)
+    twice = sorted(c for c, n in seen.items() if n > 1)
+    if twice:
+        raise ValueError(f"{lists}: clips listed twice in {TRAIN_LIST} / {TEST_LIST}: {twice[:5]}")
+    val = set(chosen_groups([r.group for r in train], val_groups, val_seed))
+    train = [Row(r.clip, r.label, r.group, r.path, "val" if r.group in val else "train") for r in train]
+    return train + test, sorted(val)
+
+
+class FileFinder:
+    """`from_dir/<listed path>`, else (one walk of `from_dir`, on the first miss) the file whose
+    relative path, or else whose name, matches ignoring case."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._by_rel: dict[str, Path] | None = None
+        self._by_name: dict[str, Path] = {}
+
+    def find(self, rel: str) -> Path | None:
+        p = self.root / rel
+        if p.is_file():
+            return p
+        if self._by_rel is None:
+            self._by_rel = {}
+            for folder, subdirs, names in os.walk(self.root, followlinks=True):
+                subdirs.sort()
+                for name in sorted(names):
+                    f = Path(folder) / name
+                    self._by_rel.setdefault(f.relative_to(self.root).as_posix().lower(), f)
+                    self._by_name.setdefault(name.lower(), f)
+        return self._by_rel.get(rel.lower()) or self._by_name.get(rel.rpartition("/")[2].lower())
+
+
+def probe_video(path: str | Path) -> tuple[str, str] | None:
+    """(problem, detail) when PyAV cannot open `path` or it holds no video stream, else None
+    (UCF-101's modalities both come from the video; many clips have no audio track)."""
+    import av
+    try:
+        with av.open(str(path)) as c:
+            kinds = {s.type for s in c.streams}
+    except Exception as e:  # PyAV raises its own error types (InvalidDataError, ...) and OSErrors
+        return "unreadable", f"{type(e).__name__}: {e}"
+    if "video" not in kinds:
+        return "no-video", f"streams: {sorted(kinds) or 'none'}"
+    return None
+
+
+def find_lists(from_dir: Path, lists: str | Path | None) -> Path:
+    """The list folder: `lists`, else `ucfTrainTestlist/` inside or beside `from_dir`."""
+    if lists is not None:
+        lists = Path(lists)
+        if not lists.is_dir():
+            raise FileNotFoundError(f"media.lists: {lists}: no such folder")
+        return lists
+    for cand in (from_dir / LISTS_DIR, from_dir.parent / LISTS_DIR):
+        if cand.is_dir():
+            return cand
+    raise FileNotFoundError(f"UCF-101: no {LISTS_DIR}/ in or beside {from_dir}: set media.lists to the "
+                            f"folder holding {CLASS_INDEX}, {TRAIN_LIST} and {TEST_LIST}")
+
+
+@dataclass
+class UCF101Result:
+    clips: Path
+    problems: Path
+    summary: Path
+    counts: dict = field(default_factory=dict)  # split -> {listed, used, missing, unreadable, ...}
+    val_groups: list = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = []
+        for s, c in self.counts.items():
+            bad = ", ".join(f"{v} {k}" for k, v in c.items() if k not in ("listed", "used") and v)
+            out.append(f"{s}: used {c['used']} of {c['listed']} clips" + (f" ({bad})" if bad else ""))
+        return out
+
+
+def prepare_ucf101(out: str | Path, *, from_dir: str | Path, lists: str | Path | None = None,
+                   val_groups: int = VAL_GROUPS, val_seed: int = VAL_SEED, probe: bool = True,
+                   jobs: int = 4, classes: str | Path | None = None, log=print) -> UCF101Result:
+    """Locate (and probe) every clip of split 1 in the user's copy; write into `out`:
+
+    - `clips.csv`: the clips used (`download.CLIP_COLUMNS`; audio and video are the same file, an
+      absolute path into the user's copy), train then val then test, in the lists' order;
+    - `problems.csv`: `clip,label,split,problem,detail,path`, one row per clip left out;
+    - `summary.json`: the folders, the validation groups and seed, and per split the clips
+      listed, used and left out by problem.
+
+    All three are written atomically, `clips.csv` last. A split left with no clip is an error
+    (after the report is written).
+    """
+    out, from_dir = Path(out), Path(from_dir)
+    if not from_dir.is_dir():
+        raise FileNotFoundError(f"media.from_dir: {from_dir}: no such folder (UCF-101's videos)")
+    lists = find_lists(from_dir, lists)
+    names = read_class_index(lists / CLASS_INDEX, read_classes(classes))
+    rows, val = split_rows(lists, names, val_groups, val_seed)
+    rows = sorted(rows, key=lambda r: SPLITS.index(r.split))  # stable: the lists' order within a split
+    finder = FileFinder(from_dir)
+    located = [(r, finder.find(r.path)) for r in rows]
+    problems: dict[str, tuple[str, str]] = {r.clip: ("missing", "no such file") for r, p in located if p is None}
+    if probe:
+        todo = [(r.clip, p) for r, p in located if p is not None]
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            for (clip, _), bad in zip(todo, pool.map(lambda cp: probe_video(cp[1]), todo)):
+                if bad is not None:
+                    problems[clip] = bad
+    counts = {s: Counter(listed=0, used=0) for s in SPLITS}
+    for r, _ in located:
+        counts[r.split]["listed"] += 1
+        counts[r.split][problems[r.clip][0] if r.clip in problems else "used"] += 1
+    counts = {s: dict(c) for s, c in counts.items()}
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / PROBLEMS) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(PROBLEM_COLUMNS)
+        for r, p in located:
+            if r.clip in problems:
+                w.writerow([r.clip, r.label, r.split, *problems[r.clip], "" if p is None else str(p.resolve())])
+    write_json(out / SUMMARY, {"from_dir": str(from_dir), "lists": str(lists), "split": 1,
+                               "val_groups": val, "val_seed": val_seed, "classes": len(names),
+                               "probed": probe, "splits": counts})
+    result = UCF101Result(out / CLIPS, out / PROBLEMS, out / SUMMARY, counts, val)
+    if log:
+        log(f"UCF-101 from {from_dir} (split 1, val = groups {val}): " + "; ".join(result.lines())
+            + f" (left out: {out / PROBLEMS})")
+    empty = [s for s in SPLITS if counts[s]["used"] == 0]
+    if empty:
+        raise ValueError(f"UCF-101: no usable clip in the {', '.join(empty)} split(s) of {from_dir} "
+                         f"(see {out / PROBLEMS})")
+    used = [D.Clip(r.clip, r.label, r.split, str(p.resolve()), str(p.resolve()))
+            for r, p in located if r.clip not in problems]
+    write_classes(out / CLASSES, names)
+    D.write_clip_manifest(out / CLIPS, used)
+    return result
+
+
+def write_classes(path: Path, names: list[str]) -> None:
+    """The class names the store uses, one a line (the store step reads them from here)."""
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text("".join(f"{n}\n" for n in names))
