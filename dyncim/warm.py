@@ -362,12 +362,23 @@ def _alive(pid: int) -> bool:
 
 # ---- starting one ------------------------------------------------------------------------------
 
-def start(log_path: str, parent: int | None = None, idle: float = 600.0, python: str | None = None) -> str:
+# what Snakemake sets in each job's environment from the rule's `threads` (snakemake.shell)
+THREAD_VARS = ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def start(log_path: str, parent: int | None = None, idle: float = 600.0, python: str | None = None,
+          threads: int | None = None) -> str:
     """Start a worker in the background (its log at `log_path`) and point this process's
     environment, hence the jobs it starts, at it; returns the socket path. The socket appears
-    once the worker has imported everything; until then the jobs run in fresh processes."""
+    once the worker has imported everything; until then the jobs run in fresh processes.
+    `threads`: the thread count Snakemake will put in the environment of the jobs to serve (the
+    worker imports with the same values; jobs given another count run in fresh processes)."""
     import shutil
     import subprocess
+    env = dict(os.environ)
+    if threads is not None:
+        env.update({k: str(threads) for k in THREAD_VARS})
     folder = tempfile.mkdtemp(prefix="dyncim-warm-")   # 0700: only this user can connect
     path = os.path.join(folder, "socket")
     python = python or shutil.which("python") or sys.executable
@@ -375,7 +386,7 @@ def start(log_path: str, parent: int | None = None, idle: float = 600.0, python:
     with open(log_path, "ab") as out:
         subprocess.Popen([python, "-m", "dyncim.warm", "--socket", path, "--idle", str(idle),
                           *(["--parent", str(parent)] if parent else [])],
-                         stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+                         stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, env=env)
     os.environ[ENV] = path
     return path
 

@@ -65,6 +65,13 @@ os.environ.update(
 )
 
 
+def warm_worth_it(least=4):
+    """Whether enough torch-importing jobs are to run for a warm worker to pay for its own import
+    (the first jobs start before it is ready)."""
+    heavy = {"train", "evaluate", "robustness"}
+    return sum(j.rule.name in heavy for j in workflow.dag.needrun_jobs()) >= least
+
+
 # A local run's jobs start in milliseconds from a warm worker that has imported torch once
 # (dyncim.warm; their outputs are identical). Not on a cluster (its jobs run elsewhere), not in
 # the jobs a cluster runs (they are Snakemake processes of their own), not with DYNCIM_WARM=0.
@@ -73,10 +80,15 @@ onstart:
         workflow.local_exec
         and workflow.is_main_process
         and os.environ.get("DYNCIM_WARM") != "0"
+        and warm_worth_it()
     ):
         from dyncim import warm
 
-        warm.start(os.path.join("logs", "warm.log"), parent=os.getpid())
+        warm.start(
+            os.path.join("logs", "warm.log"),
+            parent=os.getpid(),
+            threads=P["threads"],
+        )
 
 
 def job(build, *args):
