@@ -12,13 +12,15 @@ export DVC_NO_ANALYTICS := 1
 
 .PHONY: run quick report test test-fast lint repro bench tensorboard clean
 
+# --no-compile: pip would byte-compile every file of every package (torch's thousands among them);
+# Python compiles the modules a run imports, as it imports them
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e .
+	$(PY) -m pip install -q --disable-pip-version-check --no-compile -e .
 	touch $(STAMP)
 
 $(TSTAMP): $(STAMP)
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[test,lint]"
+	$(PY) -m pip install -q --disable-pip-version-check --no-compile -e ".[test,lint]"
 	touch $(TSTAMP)
 
 run: $(STAMP)
@@ -38,13 +40,13 @@ quick: $(STAMP)
 # `snakemake --workflow-profile profiles/slurm` (README, "Running on a cluster")
 .PHONY: slurm
 slurm: $(STAMP)
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[slurm]"
+	$(PY) -m pip install -q --disable-pip-version-check --no-compile -e ".[slurm]"
 
 # `make paper`: what some paper-scale sets need beyond the core install (the optional extra
 # `paper`: OpenCV for UCF-101's optical flow, transformers for Food-101 and MM-IMDb; docs/data.md)
 .PHONY: paper
 paper: $(STAMP)
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[paper]"
+	$(PY) -m pip install -q --disable-pip-version-check --no-compile -e ".[paper]"
 
 test: $(TSTAMP)
 	$(PY) -m pytest -q
