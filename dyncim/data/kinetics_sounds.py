@@ -145,18 +145,17 @@ def read_clip_list(path: str | Path) -> ClipIndex:
     return ClipIndex(files)
 
 
-def probe_media(path: str | Path) -> tuple[str, str] | None:
-    """(problem, detail) when PyAV cannot open `path` or it lacks an audio or video stream, else None."""
+def probe_media(path: str | Path, streams=("video", "audio")) -> tuple[str, str] | None:
+    """(problem, detail) when PyAV cannot open `path` or it lacks one of `streams`, else None."""
     import av
     try:
         with av.open(str(path)) as c:
             kinds = {s.type for s in c.streams}
     except Exception as e:  # PyAV raises its own error types (InvalidDataError, ...) and OSErrors
         return "unreadable", f"{type(e).__name__}: {e}"
-    if "video" not in kinds:
-        return "no-video", f"streams: {sorted(kinds) or 'none'}"
-    if "audio" not in kinds:
-        return "no-audio", f"streams: {sorted(kinds)}"
+    for kind in streams:
+        if kind not in kinds:
+            return f"no-{kind}", f"streams: {sorted(kinds) or 'none'}"
     return None
 
 

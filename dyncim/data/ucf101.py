@@ -189,15 +189,8 @@ class FileFinder:
 def probe_video(path: str | Path) -> tuple[str, str] | None:
     """(problem, detail) when PyAV cannot open `path` or it holds no video stream, else None
     (UCF-101's modalities both come from the video; many clips have no audio track)."""
-    import av
-    try:
-        with av.open(str(path)) as c:
-            kinds = {s.type for s in c.streams}
-    except Exception as e:  # PyAV raises its own error types (InvalidDataError, ...) and OSErrors
-        return "unreadable", f"{type(e).__name__}: {e}"
-    if "video" not in kinds:
-        return "no-video", f"streams: {sorted(kinds) or 'none'}"
-    return None
+    from .kinetics_sounds import probe_media
+    return probe_media(path, streams=("video",))
 
 
 def find_lists(from_dir: Path, lists: str | Path | None) -> Path:
