@@ -80,10 +80,10 @@ def _identity() -> dict:
 def _send(sock: socket.socket, obj, fds=()) -> None:
     data = json.dumps(obj).encode()
     msg = _HEADER.pack(len(data)) + data
-    if fds:
-        sock.sendmsg([msg], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
-    else:
-        sock.sendall(msg)
+    sent = 0
+    if fds:   # the descriptors ride on the first chunk; a stream socket may take part of it
+        sent = sock.sendmsg([msg], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+    sock.sendall(msg[sent:])
 
 
 def _recv(sock: socket.socket) -> tuple[object, list[int]]:
