@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Iterator
 
 from ..atomic import atomic_path, write_json
 from . import download as D
-from .kinetics_sounds import PROBLEM_COLUMNS, VIDEO_EXTS, probe_media
+from .kinetics_sounds import PROBLEM_COLUMNS, VIDEO_EXTS, media_files, probe_media
 
 SPLITS = ("train", "val", "test")
 CLIPS, PROBLEMS, SUMMARY = "clips.csv", "problems.csv", "summary.json"
@@ -35,20 +35,10 @@ def walk_media(root: str | Path, exts=VIDEO_EXTS) -> dict[str, str]:
         raise FileNotFoundError(f"{root}: no such folder")
     rank = {e.lower(): i for i, e in enumerate(exts)}
     found: dict[str, str] = {}
-    seen = set()
-    for folder, subdirs, names in os.walk(root, followlinks=True):
-        st = os.stat(folder)
-        if (st.st_dev, st.st_ino) in seen:  # a folder link back up the tree: walk it once
-            subdirs[:] = []
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        for name in names:
-            stem, ext = os.path.splitext(name)
-            if ext.lower() in rank and not name.startswith("."):
-                path = os.path.join(folder, name)
-                old = found.get(stem)
-                if old is None or (rank[os.path.splitext(old)[1].lower()], old) > (rank[ext.lower()], path):
-                    found[stem] = path
+    for stem, ext, path in media_files(root, exts):
+        old = found.get(stem)
+        if old is None or (rank[os.path.splitext(old)[1].lower()], old) > (rank[ext], path):
+            found[stem] = path
     return found
 
 

@@ -103,8 +103,14 @@ def index_folder(root: str | Path, exts=VIDEO_EXTS) -> ClipIndex:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such folder")
+    return ClipIndex([(stem, Path(path)) for stem, _, path in media_files(root, exts)])
+
+
+def media_files(root: str | Path, exts=VIDEO_EXTS):
+    """(stem, lower-case extension, path) of every media file under `root`, in one walk that
+    follows folder links and visits each folder once; hidden files are skipped."""
     exts = {e.lower() for e in exts}
-    files, seen = [], set()
+    seen = set()
     for folder, subdirs, names in os.walk(root, followlinks=True):
         st = os.stat(folder)
         if (st.st_dev, st.st_ino) in seen:  # a folder link back up the tree: walk it once
@@ -114,8 +120,7 @@ def index_folder(root: str | Path, exts=VIDEO_EXTS) -> ClipIndex:
         for name in names:
             stem, ext = os.path.splitext(name)
             if ext.lower() in exts and not name.startswith("."):
-                files.append((stem, Path(folder) / name))
-    return ClipIndex(files)
+                yield stem, ext.lower(), os.path.join(folder, name)
 
 
 def read_clip_list(path: str | Path) -> ClipIndex:

@@ -34,6 +34,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .kinetics_sounds import KineticsSoundsResult
+
 from ..atomic import atomic_path, write_json
 from . import download as D
 
@@ -208,19 +210,9 @@ def find_lists(from_dir: Path, lists: str | Path | None) -> Path:
 
 
 @dataclass
-class UCF101Result:
-    clips: Path
-    problems: Path
-    summary: Path
-    counts: dict = field(default_factory=dict)  # split -> {listed, used, missing, unreadable, ...}
+class UCF101Result(KineticsSoundsResult):
+    """Kinetics-Sounds' result (files, per-split counts and their log lines), plus the val groups."""
     val_groups: list = field(default_factory=list)
-
-    def lines(self) -> list[str]:
-        out = []
-        for s, c in self.counts.items():
-            bad = ", ".join(f"{v} {k}" for k, v in c.items() if k not in ("listed", "used") and v)
-            out.append(f"{s}: used {c['used']} of {c['listed']} clips" + (f" ({bad})" if bad else ""))
-        return out
 
 
 def prepare_ucf101(out: str | Path, *, from_dir: str | Path, lists: str | Path | None = None,
