@@ -131,6 +131,7 @@ def test_train_config_precedence(raw):
 
 def test_two_modality_methods_rejected_on_trimodal_sets(raw, monkeypatch):
     monkeypatch.setitem(CATALOG, "joint", CATALOG["joint"].__class__("joint", "Joint", max_modalities=2))
+    raw["run"]["datasets"].append("mfeat-fou-zer-mor")
     with pytest.raises(C.ParamsError, match="at most 2 modalities.*mfeat-fou-zer-mor"):
         C.resolve(raw)
 
