@@ -54,11 +54,16 @@ slurm: $(STAMP)
 paper: $(STAMP)
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[paper]"
 
+# Test files run on up to 4 processes (2 here), each file whole on one process (its module
+# fixtures are built once): the end-to-end tests spend much of their time waiting on their
+# snakemake/dvc/Slurm subprocesses, so two at a time take about two thirds of the time
+XDIST := -n auto --maxprocesses 4 --dist loadfile
+
 test: $(TSTAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(XDIST)
 
 test-fast: $(TSTAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q $(XDIST) -m "not slow"
 
 lint: $(TSTAMP)
 	$(PY) .ci/snakemake-lint
