@@ -236,6 +236,31 @@ def test_the_validation_groups_are_a_fixed_function_of_the_seed():
         U.chosen_groups(groups, 18, 0)
 
 
+def test_a_split_left_with_no_clip_is_an_error_after_the_report_is_written(tmp_path):
+    """The test list's one clip is missing: an error naming the split, with problems.csv and
+    summary.json written and no clips.csv (probe off: the other files need only exist)."""
+    videos, lists = tmp_path / "UCF-101", tmp_path / "ucfTrainTestlist"
+    lists.mkdir(parents=True)
+    (lists / "classInd.txt").write_text("1 Archery\n")
+    train = [f"Archery/v_Archery_g{g:02d}_c01.avi" for g in (8, 9, 10)]
+    (videos / "Archery").mkdir(parents=True)
+    for rel in train:
+        (videos / rel).write_bytes(b"")
+    (lists / "trainlist01.txt").write_text("".join(f"{x} 1\n" for x in train))
+    (lists / "testlist01.txt").write_text("Archery/v_Archery_g01_c01.avi\n")
+    (tmp_path / "classes.txt").write_text("Archery\n")
+    out = tmp_path / "raw"
+    with pytest.raises(ValueError, match=r"UCF-101: no usable clip in the test split\(s\)"):
+        U.prepare_ucf101(out, from_dir=videos, classes=tmp_path / "classes.txt", val_groups=1, probe=False,
+                         log=None)
+    with open(out / "problems.csv", newline="") as f:
+        assert [(r["clip"], r["split"], r["problem"]) for r in csv.DictReader(f)] == \
+            [("v_Archery_g01_c01", "test", "missing")]
+    splits = json.loads((out / "summary.json").read_text())["splits"]
+    assert splits["test"] == {"listed": 1, "used": 0, "missing": 1}
+    assert splits["train"]["used"] + splits["val"]["used"] == 3
+    assert not (out / "clips.csv").exists() and not list(out.glob(".*.tmp"))
+
 def test_without_opencv_a_ucf101_set_names_the_extra(monkeypatch, tmp_path):
     import importlib.util
     from dyncim.data.paper_raw import bring_in

@@ -101,26 +101,29 @@ class Report:
     def lines(self) -> list[str]:
         return lines(self.counts)
 
-    def close(self, summary: dict, log=print) -> dict:
+    def close(self, summary: dict, log=print, source: str | None = None) -> dict:
         """Write summary.json and problems.csv; then clips.csv unless a split has no usable clip
-        (an error naming the splits, raised after the report is written). Returns the counts."""
+        (an error naming the splits, raised after the report is written). Returns the counts.
+        `source` names where the clips come from in the log line and the error (default: the
+        summary's `source`)."""
+        source = summary.get("source") if source is None else source
         counts = {s: dict(c) for s, c in self.counts.items()}
         empty = [s for s in SPLITS if counts[s]["used"] == 0]
         self._cf.close()
         self._pf.close()
         write_json(self.out / SUMMARY, {**summary, "splits": counts})
         if empty:
-            self._stack.pop_all()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._clips_tmp)
             os.replace(self._problems_tmp, self.out / PROBLEMS)
+            # discards clips.csv's temp file (a popped, dropped stack would have its generators
+            # closed on collection, deleting problems.csv's temp file before the rename)
+            self.abort()
             if log:
                 log(f"{self.name}: " + "; ".join(lines(counts)))
             raise ValueError(f"{self.name}: no usable clip in the {', '.join(empty)} split(s) of "
-                             f"{summary.get('source')} (see {self.out / PROBLEMS})")
+                             f"{source} (see {self.out / PROBLEMS})")
         self._stack.close()  # renames problems.csv, then clips.csv (entered first, closed last)
         if log:
-            log(f"{self.name} from {summary.get('source')}: " + "; ".join(lines(counts))
+            log(f"{self.name} from {source}: " + "; ".join(lines(counts))
                 + f" (left out: {self.out / PROBLEMS})")
         return counts
 

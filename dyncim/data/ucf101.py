@@ -25,27 +25,24 @@ that hold no video stream (a probe: `av.open` and the stream list, in parallel) 
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 import re
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .kinetics_sounds import KineticsSoundsResult
 
-from ..atomic import atomic_path, write_json
-from . import download as D
+from ..atomic import atomic_path
+from . import discovery
+from .discovery import CLIPS, PROBLEMS, SPLITS, SUMMARY
 
 RESOURCES = Path(__file__).resolve().parents[2] / "resources" / "splits" / "ucf-101"
 CLASSES_FILE = RESOURCES / "classes.txt"
 LISTS_DIR = "ucfTrainTestlist"
 CLASS_INDEX, TRAIN_LIST, TEST_LIST = "classInd.txt", "trainlist01.txt", "testlist01.txt"
-SPLITS = ("train", "val", "test")
-CLIPS, PROBLEMS, SUMMARY, CLASSES = "clips.csv", "problems.csv", "summary.json", "classes.txt"
-PROBLEM_COLUMNS = ("clip", "label", "split", "problem", "detail", "path")
+CLASSES = "classes.txt"
 # problem: missing | unreadable (PyAV cannot open it) | no-video; a clip whose decoding fails past
 # the probe is recorded by feature extraction instead (the store's index.csv `ok=0`)
 VAL_GROUPS, VAL_SEED = 2, 0
@@ -237,42 +234,30 @@ def prepare_ucf101(out: str | Path, *, from_dir: str | Path, lists: str | Path |
     rows, val = split_rows(lists, names, val_groups, val_seed)
     rows = sorted(rows, key=lambda r: SPLITS.index(r.split))  # stable: the lists' order within a split
     finder = FileFinder(from_dir)
-    located = [(r, finder.find(r.path)) for r in rows]
-    problems: dict[str, tuple[str, str]] = {r.clip: ("missing", "no such file") for r, p in located if p is None}
-    if probe:
-        todo = [(r.clip, p) for r, p in located if p is not None]
-        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            for (clip, _), bad in zip(todo, pool.map(lambda cp: probe_video(cp[1]), todo)):
-                if bad is not None:
-                    problems[clip] = bad
-    counts = {s: Counter(listed=0, used=0) for s in SPLITS}
-    for r, _ in located:
-        counts[r.split]["listed"] += 1
-        counts[r.split][problems[r.clip][0] if r.clip in problems else "used"] += 1
-    counts = {s: dict(c) for s, c in counts.items()}
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / PROBLEMS) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(PROBLEM_COLUMNS)
-        for r, p in located:
-            if r.clip in problems:
-                w.writerow([r.clip, r.label, r.split, *problems[r.clip], "" if p is None else str(p.resolve())])
-    write_json(out / SUMMARY, {"from_dir": str(from_dir), "lists": str(lists), "split": 1,
-                               "val_groups": val, "val_seed": val_seed, "classes": len(names),
-                               "probed": probe, "splits": counts})
-    result = UCF101Result(out / CLIPS, out / PROBLEMS, out / SUMMARY, counts, val)
-    if log:
-        log(f"UCF-101 from {from_dir} (split 1, val = groups {val}): " + "; ".join(result.lines())
-            + f" (left out: {out / PROBLEMS})")
-    empty = [s for s in SPLITS if counts[s]["used"] == 0]
-    if empty:
-        raise ValueError(f"UCF-101: no usable clip in the {', '.join(empty)} split(s) of {from_dir} "
-                         f"(see {out / PROBLEMS})")
-    used = [D.Clip(r.clip, r.label, r.split, str(p.resolve()), str(p.resolve()))
-            for r, p in located if r.clip not in problems]
-    write_classes(out / CLASSES, names)
-    D.write_clip_manifest(out / CLIPS, used)
-    return result
+
+    def located():
+        for r in rows:
+            p = finder.find(r.path)
+            yield r.clip, r.label, r.split, None if p is None else str(p.resolve())
+
+    def check(row):
+        path = row[3]
+        if path is None:
+            return "missing", "no such file"
+        return probe_video(path) if probe else None
+
+    rep = discovery.Report(out, "UCF-101")
+    try:
+        for (clip, label, split, path), problem in discovery.bounded_map(check, located(), jobs):
+            rep.add(clip, label, split, path, problem)
+        write_classes(out / CLASSES, names)  # before clips.csv, which Report.close writes last
+    except BaseException:
+        rep.abort()
+        raise
+    counts = rep.close({"from_dir": str(from_dir), "lists": str(lists), "split": 1, "val_groups": val,
+                        "val_seed": val_seed, "classes": len(names), "probed": probe}, log,
+                       source=f"{from_dir} (split 1, val = groups {val})")
+    return UCF101Result(out / CLIPS, out / PROBLEMS, out / SUMMARY, counts, val)
 
 
 def write_classes(path: Path, names: list[str]) -> None:
