@@ -20,13 +20,9 @@ from __future__ import annotations
 import csv
 import os
 import re
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..atomic import atomic_path, write_json
-from . import download as D
 from .splits import read_clip_splits
 
 RESOURCES = Path(__file__).resolve().parents[2] / "resources" / "splits" / "kinetics-sounds"
@@ -201,43 +197,22 @@ def prepare_kinetics_sounds(out: str | Path, *, from_dir: str | Path | None = No
     names = read_classes(classes)
     rows = read_splits(splits, names)
     index = index_folder(from_dir) if from_dir is not None else read_clip_list(clip_list)
-    located = [(clip, label, split, index.find(clip)) for clip, label, split in rows]
-    problems: dict[str, tuple[str, str]] = {}
-    for clip, _, _, p in located:
-        if p is None:
-            problems[clip] = ("missing", "no file with this id")
-        elif not Path(p).is_file():
-            problems[clip] = ("missing", "listed but not found")
-    if probe:
-        todo = [(clip, p) for clip, _, _, p in located if clip not in problems]
-        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            for (clip, _), bad in zip(todo, pool.map(lambda cp: probe_media(cp[1]), todo)):
-                if bad is not None:
-                    problems[clip] = bad
-    counts = {s: Counter(listed=0, used=0) for s in SPLITS}
-    for clip, _, split, _ in located:
-        counts[split]["listed"] += 1
-        counts[split][problems[clip][0] if clip in problems else "used"] += 1
-    counts = {s: dict(c) for s, c in counts.items()}
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / PROBLEMS) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(PROBLEM_COLUMNS)
-        for clip, label, split, p in located:
-            if clip in problems:
-                w.writerow([clip, label, split, *problems[clip], "" if p is None else str(Path(p).resolve())])
-    write_json(out / SUMMARY, {"source": str(from_dir if from_dir is not None else clip_list),
-                               "files_indexed": index.n_files, "probed": probe,
-                               "classes": len(names), "splits": counts})
-    result = KineticsSoundsResult(out / CLIPS, out / PROBLEMS, out / SUMMARY, counts)
-    if log:
-        log(f"Kinetics-Sounds from {from_dir if from_dir is not None else clip_list}: "
-            + "; ".join(result.lines()) + f" (left out: {out / PROBLEMS})")
-    empty = [s for s in SPLITS if counts[s]["used"] == 0]
-    if empty:
-        raise ValueError(f"Kinetics-Sounds: no usable clip in the {', '.join(empty)} split(s) of "
-                         f"{from_dir if from_dir is not None else clip_list} (see {out / PROBLEMS})")
-    used = [D.Clip(clip, label, split, str(Path(p).resolve()), str(Path(p).resolve()))
-            for clip, label, split, p in located if clip not in problems]
-    D.write_clip_manifest(out / CLIPS, used)
-    return result
+    from . import discovery   # it builds on this module's probe and columns
+
+    def located():
+        for clip, label, split in rows:
+            p = index.find(clip)
+            yield clip, label, split, None if p is None else str(Path(p).resolve())
+
+    source = str(from_dir if from_dir is not None else clip_list)
+    rep = discovery.Report(out, "Kinetics-Sounds")
+    try:
+        for (clip, label, split, path), problem in discovery.bounded_map(
+                lambda r: discovery.check_file(r[3], probe), located(), jobs):
+            rep.add(clip, label, split, path, problem)
+    except BaseException:
+        rep.abort()
+        raise
+    counts = rep.close({"source": source, "files_indexed": index.n_files, "probed": probe,
+                        "classes": len(names)}, log)
+    return KineticsSoundsResult(out / CLIPS, out / PROBLEMS, out / SUMMARY, counts)
