@@ -252,3 +252,23 @@ def test_a_killed_vggsound_extraction_resumes_without_redoing_finished_clips(vgg
     first, _ = real(clips[0], E.RECIPES["vggsound"])  # a kept row holds that clip's features
     np.testing.assert_array_equal(s.audio[0], first["audio"])
     np.testing.assert_array_equal(s.frames[0], first["frames"])
+
+
+def test_a_check_that_fails_midway_leaves_no_report(tmp_path):
+    """The shared discovery report (AVE, VGGSound, Kinetics-Sounds, UCF-101): an error while the
+    clips are checked leaves none of clips.csv, problems.csv or summary.json, and no temp file."""
+    from dyncim.data import discovery
+
+    rows = [(f"c{i}", "dog", split, None) for i, split in enumerate(["train", "val", "test"] * 4)]
+
+    def check(row):
+        if row[0] == "c7":
+            raise OSError("disk went away")
+        return ("missing", "no file with this id")
+
+    out = tmp_path / "report"
+    with pytest.raises(OSError, match="disk went away"):
+        with discovery.Report(out, "Test") as rep:
+            rep.add_checked(iter(rows), check, jobs=2)
+            rep.close({"source": "here"})
+    assert sorted(p.name for p in out.iterdir()) == []

@@ -114,15 +114,9 @@ def prepare_ave(out: str | Path, from_dir: str | Path, *, probe: bool = True, jo
         for video, category, split in rows:
             yield video, category, split, files.get(video)
 
-    rep = discovery.Report(out, "AVE")
-    try:
-        for (clip, label, split, path), problem in discovery.bounded_map(
-                lambda r: discovery.check_file(r[3], probe), located(), jobs):
-            rep.add(clip, label, split, path, problem)
+    with discovery.Report(out, "AVE") as rep:
+        rep.add_checked(located(), lambda r: discovery.check_file(r[3], probe), jobs)
         for video, category, split in again:
             rep.add(video, category, split, None, ("duplicate", "video id listed before; its first listing is used"))
-    except BaseException:
-        rep.abort()
-        raise
-    return rep.close({"source": str(from_dir), "annotations": str(folder), "files_indexed": len(files),
-                      "probed": probe, "classes": len(names), "official": OFFICIAL}, log)
+        return rep.close({"source": str(from_dir), "annotations": str(folder), "files_indexed": len(files),
+                          "probed": probe, "classes": len(names), "official": OFFICIAL}, log)

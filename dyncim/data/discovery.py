@@ -1,7 +1,7 @@
-"""Finding a user's clips at scale (AVE, VGGSound): one walk of a folder into a stem -> path table
-of plain strings, a probe of each located file on a bounded thread pool, and a streaming report
-(`clips.csv`, `problems.csv`, `summary.json`) with the same columns and problem names as
-Kinetics-Sounds' (dyncim.data.kinetics_sounds), so that the feature step reads them the same way.
+"""Finding a user's clips at scale (Kinetics-Sounds, AVE, VGGSound, UCF-101): one walk of a folder
+into a stem -> path table of plain strings, a probe of each located file on a bounded thread pool,
+and a streaming report (`clips.csv`, `problems.csv`, `summary.json`) with the same columns and
+problem names for every set, so that the feature step reads them the same way.
 
 Bounded memory for ~200k clips: the file table holds two strings per file; rows are streamed from
 the caller's iterator to the output files as they are probed (at most `window` probes in flight);
@@ -86,6 +86,19 @@ class Report:
         self._cw, self._pw = csv.writer(self._cf), csv.writer(self._pf)
         self._cw.writerow(D.CLIP_COLUMNS)
         self._pw.writerow(PROBLEM_COLUMNS)
+
+    def __enter__(self) -> "Report":
+        return self
+
+    def __exit__(self, kind, *_) -> None:
+        if kind is not None:   # a failure before or inside `close`: no half-written report stays
+            self.abort()
+
+    def add_checked(self, rows: Iterable, check: Callable, jobs: int) -> None:
+        """Add every (clip, label, split, path) row with the problem `check(row)` finds (None:
+        usable), checked on `jobs` threads, in the rows' order."""
+        for (clip, label, split, path), problem in bounded_map(check, rows, jobs):
+            self.add(clip, label, split, path, problem)
 
     def add(self, clip: str, label: str, split: str, path: str | None, problem: tuple[str, str] | None):
         c = self.counts[split]

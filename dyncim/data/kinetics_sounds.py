@@ -205,14 +205,8 @@ def prepare_kinetics_sounds(out: str | Path, *, from_dir: str | Path | None = No
             yield clip, label, split, None if p is None else str(Path(p).resolve())
 
     source = str(from_dir if from_dir is not None else clip_list)
-    rep = discovery.Report(out, "Kinetics-Sounds")
-    try:
-        for (clip, label, split, path), problem in discovery.bounded_map(
-                lambda r: discovery.check_file(r[3], probe), located(), jobs):
-            rep.add(clip, label, split, path, problem)
-    except BaseException:
-        rep.abort()
-        raise
-    counts = rep.close({"source": source, "files_indexed": index.n_files, "probed": probe,
-                        "classes": len(names)}, log)
+    with discovery.Report(out, "Kinetics-Sounds") as rep:
+        rep.add_checked(located(), lambda r: discovery.check_file(r[3], probe), jobs)
+        counts = rep.close({"source": source, "files_indexed": index.n_files, "probed": probe,
+                            "classes": len(names)}, log)
     return KineticsSoundsResult(out / CLIPS, out / PROBLEMS, out / SUMMARY, counts)

@@ -246,17 +246,12 @@ def prepare_ucf101(out: str | Path, *, from_dir: str | Path, lists: str | Path |
             return "missing", "no such file"
         return probe_video(path) if probe else None
 
-    rep = discovery.Report(out, "UCF-101")
-    try:
-        for (clip, label, split, path), problem in discovery.bounded_map(check, located(), jobs):
-            rep.add(clip, label, split, path, problem)
+    with discovery.Report(out, "UCF-101") as rep:
+        rep.add_checked(located(), check, jobs)
         write_classes(out / CLASSES, names)  # before clips.csv, which Report.close writes last
-    except BaseException:
-        rep.abort()
-        raise
-    counts = rep.close({"from_dir": str(from_dir), "lists": str(lists), "split": 1, "val_groups": val,
-                        "val_seed": val_seed, "classes": len(names), "probed": probe}, log,
-                       source=f"{from_dir} (split 1, val = groups {val})")
+        counts = rep.close({"from_dir": str(from_dir), "lists": str(lists), "split": 1, "val_groups": val,
+                            "val_seed": val_seed, "classes": len(names), "probed": probe}, log,
+                           source=f"{from_dir} (split 1, val = groups {val})")
     return UCF101Result(out / CLIPS, out / PROBLEMS, out / SUMMARY, counts, val)
 
 

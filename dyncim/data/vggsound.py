@@ -156,21 +156,15 @@ def prepare_vggsound(out: str | Path, index: str | Path, *, from_dir: str | Path
             seen.add(clip)
             yield clip, label, "val" if clip in val else split, files.get(clip)
 
-    rep = discovery.Report(out, "VGGSound")
-    try:
-        for (clip, label, split, path), problem in discovery.bounded_map(
-                lambda r: discovery.check_file(r[3], probe), rows(), jobs):
-            rep.add(clip, label, split, path, problem)
+    source = str(from_dir if from_dir is not None else clip_list)
+    with discovery.Report(out, "VGGSound") as rep:
+        rep.add_checked(rows(), lambda r: discovery.check_file(r[3], probe), jobs)
         for clip, label, split in duplicates:
             rep.add(clip, label, split, None, ("duplicate", "clip listed before; its first listing is used"))
-    except BaseException:
-        rep.abort()
-        raise
-    source = str(from_dir if from_dir is not None else clip_list)
-    return rep.close({"source": source, "index": str(index), "files_indexed": len(files), "probed": probe,
-                      "classes": len(classes), "index_listed": dict(listed),
-                      "val_rule": {"fraction_of_train_per_class": VAL_FRACTION, "salt": VAL_SALT,
-                                   "clips": len(val)}}, log)
+        return rep.close({"source": source, "index": str(index), "files_indexed": len(files), "probed": probe,
+                          "classes": len(classes), "index_listed": dict(listed),
+                          "val_rule": {"fraction_of_train_per_class": VAL_FRACTION, "salt": VAL_SALT,
+                                       "clips": len(val)}}, log)
 
 
 def read_classes(raw: str | Path) -> list[str]:
