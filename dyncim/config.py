@@ -116,6 +116,9 @@ def resolve(raw: dict, source: str = "params.yaml") -> dict:
                 if c["modality"] >= n_mod:
                     raise ParamsError(f"{source}: datasets.{name}.synthetic.corrupt.{i}.modality: "
                                       f"{c['modality']} out of range; this set has {n_mod} modalities")
+                if c.get("redraw") and c["kind"] != "noisy":
+                    raise ParamsError(f"{source}: datasets.{name}.synthetic.corrupt.{i}.redraw: only a "
+                                      f"noisy corruption can be drawn afresh, not {c['kind']!r}")
         if is_media(ds):
             ds["media"] = _fill_defaults(schema["$defs"]["media"], ds.get("media", {}))
             if ds["source"] in IMAGE_TEXT_SOURCES:

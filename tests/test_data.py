@@ -119,6 +119,41 @@ def test_features_standardise_with_train_statistics_only(tmp_path):
     assert fs.corrupted.shape == (320, 2) and fs.names == ["dominant", "xor"]
 
 
+def test_a_failing_sensor_reads_fresh_noise_in_training_batches_only(tmp_path):
+    """`redraw`: a training batch gives the noisy samples of that modality a fresh reading with the
+    train noise rows' mean and spread (so it cannot be memorised); clean rows, the other
+    modalities, and evaluation batches read the stored features; a set without `redraw` draws no
+    random number."""
+    corrupt = [{"modality": 1, "kind": "noisy", "fraction": 0.3, "scale": 3.0, "redraw": True}]
+    ds = {"source": "synthetic", "synthetic": syn_cfg(per_class=40, corrupt=corrupt)}
+    F.make_split(ds, PARAMS["split"], None, tmp_path / "s.csv")
+    F.build(ds, None, tmp_path / "s.csv", tmp_path / "f.pt")
+    fs = F.load(tmp_path / "f.pt")
+    tr = fs.index("train")
+    noisy = fs.corrupted[tr, 1] == S.NOISY
+    assert 0 < noisy.sum() < len(tr) and set(fs.redraw) == {1}
+    g = torch.Generator().manual_seed(0)
+    a, b = fs.batch(tr, train=True, generator=g), fs.batch(tr, train=True, generator=g)
+    assert torch.equal(a[0], fs.views[0][tr])                       # the other modality as stored
+    assert torch.equal(a[1][~noisy], fs.views[1][tr][~noisy])       # clean rows as stored
+    assert not torch.isclose(a[1][noisy], b[1][noisy]).any()        # a fresh reading every time
+    assert not torch.isclose(a[1][noisy], fs.views[1][tr][noisy]).any()
+    # the same spread as the stored noise: 3x the view's, far above the clean rows' after standardising
+    fresh_sd, stored_sd = a[1][noisy].std(0).mean(), fs.views[1][tr][noisy].std(0).mean()
+    assert abs(float(fresh_sd / stored_sd) - 1) < 0.25 and fresh_sd > 2 * fs.views[1][tr][~noisy].std(0).mean()
+    assert all(torch.equal(x, v[tr]) for x, v in zip(fs.batch(tr, train=False, generator=g), fs.views))
+    sub = fs.subset([1])
+    assert set(sub.redraw) == {0} and not torch.equal(sub.batch(tr, True, g)[0], fs.views[1][tr])
+    plain = fs.subset([0])
+    state = g.get_state()
+    plain.batch(tr, train=True, generator=g)
+    assert plain.redraw is None and torch.equal(g.get_state(), state)
+    with pytest.raises(C.ParamsError, match="redraw: only a noisy corruption"):
+        raw = yaml.safe_load((REPO / "params.yaml").read_text())
+        raw["datasets"]["synthetic-missing"]["synthetic"]["corrupt"][0]["redraw"] = True
+        C.resolve(raw)
+
+
 def _save(tmp_path, **over):
     fs = {"format": 1, "names": ["a"], "n_classes": 2, "views": [torch.zeros(6, 3)],
           "labels": torch.tensor([0, 1, 0, 1, 0, 1]), "split": torch.tensor([0, 0, 1, 1, 2, 2], dtype=torch.int8),

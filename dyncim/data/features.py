@@ -46,7 +46,23 @@ def build(ds: dict, raw_dir, split_path: str | Path, out: str | Path) -> None:
         std_views.append(torch.from_numpy(((x - mu) / sd).astype(np.float32)))
     torch_save({"format": FORMAT, "names": names, "n_classes": n_classes, "views": std_views,
                 "labels": torch.from_numpy(labels.astype(np.int64)), "split": torch.from_numpy(code),
-                "corrupted": None if corrupted is None else torch.from_numpy(corrupted)}, out)
+                "corrupted": None if corrupted is None else torch.from_numpy(corrupted),
+                "redraw": redraw_spec(ds, std_views, corrupted, train)}, out)
+
+
+def redraw_spec(ds: dict, views: list[torch.Tensor], corrupted, train) -> dict | None:
+    """{modality: {"mean", "std"}} of the standardised noise rows of the training split, for each
+    modality whose noisy corruption is drawn afresh at every training read (a failing sensor);
+    None when there is none."""
+    if ds["source"] != "synthetic":
+        return None
+    spec = {}
+    for c in ds["synthetic"]["corrupt"]:
+        if c.get("redraw"):
+            m = c["modality"]
+            rows = views[m][torch.from_numpy(train & (corrupted[:, m] == synthetic.NOISY))]
+            spec[m] = {"mean": rows.mean(0), "std": rows.std(0)}
+    return spec or None
 
 
 @dataclass
@@ -57,6 +73,8 @@ class FeatureSet:
     labels: torch.Tensor
     split: torch.Tensor
     corrupted: torch.Tensor | None
+    # a failing sensor's modalities (features.redraw_spec): {modality: {"mean", "std"}}
+    redraw: dict | None = None
 
     def index(self, part: str) -> torch.Tensor:
         return torch.nonzero(self.split == SPLITS.index(part)).squeeze(1)
@@ -64,8 +82,16 @@ class FeatureSet:
     def batch(self, idx: torch.Tensor, train: bool = False, generator=None) -> list[torch.Tensor]:
         """Each modality's model input for the samples `idx`: its feature rows. (`train` and
         `generator` serve sets that augment training batches (`dyncim.data.media_set`); features
-        are not augmented, and no random number is drawn.)"""
-        return [v[idx] for v in self.views]
+        are not augmented and no random number is drawn, except for a failing sensor's modality
+        (`redraw`): in a training batch its noisy samples get a fresh noise reading from `generator`.)"""
+        xs = [v[idx] for v in self.views]
+        if train and self.redraw:
+            for m, spec in self.redraw.items():
+                # one draw per row, corrupted or not: the count never depends on the data (no sync)
+                noise = torch.randn(len(idx), xs[m].shape[1], generator=generator).to(xs[m].device)
+                fresh = spec["mean"] + spec["std"] * noise
+                xs[m] = torch.where((self.corrupted[idx, m] == synthetic.NOISY)[:, None], fresh, xs[m])
+        return xs
 
     @property
     def shapes(self) -> list:
@@ -75,12 +101,16 @@ class FeatureSet:
     def to(self, device) -> "FeatureSet":
         return FeatureSet(self.names, self.n_classes, [v.to(device) for v in self.views],
                           self.labels.to(device), self.split.to(device),
-                          None if self.corrupted is None else self.corrupted.to(device))
+                          None if self.corrupted is None else self.corrupted.to(device),
+                          None if self.redraw is None else
+                          {m: {k: t.to(device) for k, t in s.items()} for m, s in self.redraw.items()})
 
     def subset(self, modalities: list[int]) -> "FeatureSet":
+        redraw = {i: self.redraw[m] for i, m in enumerate(modalities) if self.redraw and m in self.redraw}
         return FeatureSet([self.names[m] for m in modalities], self.n_classes,
                           [self.views[m] for m in modalities], self.labels, self.split,
-                          None if self.corrupted is None else self.corrupted[:, modalities])
+                          None if self.corrupted is None else self.corrupted[:, modalities],
+                          redraw or None)
 
 
 def load(path: str | Path) -> FeatureSet:
@@ -112,4 +142,5 @@ def load(path: str | Path) -> FeatureSet:
     for part in range(len(SPLITS)):
         if not (split == part).any():
             raise ValueError(f"{path}: the {SPLITS[part]} split is empty")
-    return FeatureSet(list(d["names"]), int(d["n_classes"]), list(d["views"]), labels, split, d["corrupted"])
+    return FeatureSet(list(d["names"]), int(d["n_classes"]), list(d["views"]), labels, split, d["corrupted"],
+                      d.get("redraw"))
