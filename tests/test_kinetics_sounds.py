@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from dyncim.data import discovery
 from dyncim.data import download as D
 from dyncim.data import kinetics_sounds as K
 from test_download import make_media
@@ -67,7 +68,7 @@ def test_prepare_from_a_folder_counts_and_lists_left_out_clips(ks):
     assert by_clip["ggggggggggg_0"].audio == by_clip["ggggggggggg_0"].video == str(k400 / "ggggggggggg.mp4")
     assert by_clip["hhhhhhhhhhh_40"].video.endswith(".mkv") and by_clip["aaaaaaaaaaa_000010_000020"].label == "bowling"
     problems = list(csv.DictReader(open(out / K.PROBLEMS)))
-    assert tuple(problems[0]) == K.PROBLEM_COLUMNS
+    assert tuple(problems[0]) == discovery.PROBLEM_COLUMNS
     assert [(p["clip"], p["split"], p["problem"]) for p in problems] == [
         ("ccccccccccc_000030_000040", "train", "no-audio"),
         ("ddddddddddd_000005_000015", "train", "unreadable"),

@@ -261,6 +261,7 @@ def test_a_split_left_with_no_clip_is_an_error_after_the_report_is_written(tmp_p
     assert splits["train"]["used"] + splits["val"]["used"] == 3
     assert not (out / "clips.csv").exists() and not list(out.glob(".*.tmp"))
 
+
 def test_without_opencv_a_ucf101_set_names_the_extra(monkeypatch, tmp_path):
     import importlib.util
     from dyncim.data.paper_raw import bring_in

@@ -20,10 +20,47 @@ from typing import Callable, Iterable, Iterator
 
 from ..atomic import atomic_path, write_json
 from . import download as D
-from .kinetics_sounds import PROBLEM_COLUMNS, VIDEO_EXTS, media_files, probe_media
 
+VIDEO_EXTS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv")  # preferred first
 SPLITS = ("train", "val", "test")
 CLIPS, PROBLEMS, SUMMARY = "clips.csv", "problems.csv", "summary.json"
+PROBLEM_COLUMNS = ("clip", "label", "split", "problem", "detail", "path")
+# problem: missing | unreadable (PyAV cannot open it) | no-audio | no-video (a stream is absent) |
+# duplicate; a clip whose decoding fails past the probe is recorded by feature extraction instead
+# (the store's index.csv `ok=0` with its error, and meta.json's `failed`).
+
+
+def media_files(root: str | Path, exts=VIDEO_EXTS):
+    """(stem, lower-case extension, path) of every media file under `root`, in one walk that
+    follows folder links and visits each folder once; hidden files are skipped."""
+    exts = {e.lower() for e in exts}
+    seen = set()
+    for folder, subdirs, names in os.walk(root, followlinks=True):
+        st = os.stat(folder)
+        if (st.st_dev, st.st_ino) in seen:  # a folder link back up the tree: walk it once
+            subdirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        for name in names:
+            stem, ext = os.path.splitext(name)
+            if ext.lower() in exts and not name.startswith("."):
+                yield stem, ext.lower(), os.path.join(folder, name)
+
+
+def probe_media(path: str | Path, streams=("video", "audio")) -> tuple[str, str] | None:
+    """(problem, detail) when PyAV cannot open `path` or it lacks one of `streams`, else None."""
+    import av
+    try:
+        with av.open(str(path)) as c:
+            kinds = {s.type for s in c.streams}
+    except Exception as e:  # PyAV raises its own error types (InvalidDataError, ...) and OSErrors
+        return "unreadable", f"{type(e).__name__}: {e}"
+    for kind in streams:
+        if kind not in kinds:
+            return f"no-{kind}", f"streams: {sorted(kinds) or 'none'}"
+    return None
+
+
 
 
 def walk_media(root: str | Path, exts=VIDEO_EXTS) -> dict[str, str]:

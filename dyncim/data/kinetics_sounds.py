@@ -18,23 +18,17 @@ how many clips it used per split (`summary.json` and the log).
 from __future__ import annotations
 
 import csv
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import discovery
+from .discovery import CLIPS, PROBLEMS, SPLITS, SUMMARY, VIDEO_EXTS, media_files
 from .splits import read_clip_splits
 
 RESOURCES = Path(__file__).resolve().parents[2] / "resources" / "splits" / "kinetics-sounds"
 CLASSES_FILE = RESOURCES / "classes.txt"
 SPLITS_FILE = RESOURCES / "splits.csv"
-VIDEO_EXTS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".flv")  # preferred first
-SPLITS = ("train", "val", "test")
-CLIPS, PROBLEMS, SUMMARY = "clips.csv", "problems.csv", "summary.json"
-PROBLEM_COLUMNS = ("clip", "label", "split", "problem", "detail", "path")
-# problem: missing | unreadable (PyAV cannot open it) | no-audio | no-video (a stream is absent);
-# a clip whose decoding fails past the probe is recorded by feature extraction instead (the store's
-# index.csv `ok=0` with its error, and meta.json's `failed`).
 
 _ID = re.compile(r"([A-Za-z0-9_-]{11})(?:_(\d+)(?:_(\d+))?)?")
 
@@ -102,23 +96,6 @@ def index_folder(root: str | Path, exts=VIDEO_EXTS) -> ClipIndex:
     return ClipIndex([(stem, Path(path)) for stem, _, path in media_files(root, exts)])
 
 
-def media_files(root: str | Path, exts=VIDEO_EXTS):
-    """(stem, lower-case extension, path) of every media file under `root`, in one walk that
-    follows folder links and visits each folder once; hidden files are skipped."""
-    exts = {e.lower() for e in exts}
-    seen = set()
-    for folder, subdirs, names in os.walk(root, followlinks=True):
-        st = os.stat(folder)
-        if (st.st_dev, st.st_ino) in seen:  # a folder link back up the tree: walk it once
-            subdirs[:] = []
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        for name in names:
-            stem, ext = os.path.splitext(name)
-            if ext.lower() in exts and not name.startswith("."):
-                yield stem, ext.lower(), os.path.join(folder, name)
-
-
 def read_clip_list(path: str | Path) -> ClipIndex:
     """A list of clip files: a CSV with a `path` column (and optionally `clip`, the clip id when the
     file name is not), or a text file with one path a line (blank lines and `#` comments skipped).
@@ -144,20 +121,6 @@ def read_clip_list(path: str | Path) -> ClipIndex:
     if not files:
         raise ValueError(f"{path}: lists no files")
     return ClipIndex(files)
-
-
-def probe_media(path: str | Path, streams=("video", "audio")) -> tuple[str, str] | None:
-    """(problem, detail) when PyAV cannot open `path` or it lacks one of `streams`, else None."""
-    import av
-    try:
-        with av.open(str(path)) as c:
-            kinds = {s.type for s in c.streams}
-    except Exception as e:  # PyAV raises its own error types (InvalidDataError, ...) and OSErrors
-        return "unreadable", f"{type(e).__name__}: {e}"
-    for kind in streams:
-        if kind not in kinds:
-            return f"no-{kind}", f"streams: {sorted(kinds) or 'none'}"
-    return None
 
 
 @dataclass
@@ -197,7 +160,6 @@ def prepare_kinetics_sounds(out: str | Path, *, from_dir: str | Path | None = No
     names = read_classes(classes)
     rows = read_splits(splits, names)
     index = index_folder(from_dir) if from_dir is not None else read_clip_list(clip_list)
-    from . import discovery   # it builds on this module's probe and columns
 
     def located():
         for clip, label, split in rows:

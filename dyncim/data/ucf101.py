@@ -188,8 +188,7 @@ class FileFinder:
 def probe_video(path: str | Path) -> tuple[str, str] | None:
     """(problem, detail) when PyAV cannot open `path` or it holds no video stream, else None
     (UCF-101's modalities both come from the video; many clips have no audio track)."""
-    from .kinetics_sounds import probe_media
-    return probe_media(path, streams=("video",))
+    return discovery.probe_media(path, streams=("video",))
 
 
 def find_lists(from_dir: Path, lists: str | Path | None) -> Path:
