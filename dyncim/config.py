@@ -102,6 +102,25 @@ def _resolve_method(name: str, methods: dict, source: str, seen=()) -> dict:
     return merged
 
 
+SELECT_KEYS = ("select", "select_seeds")   # dyncim.train.select: settings chosen on validation
+
+
+def _check_select(cfg: dict, method: dict, schema: dict, source: str, where: tuple) -> None:
+    """Every `select` candidate must be a valid setting of the method, and `select_seeds` within
+    its seeds: checked here, before any job trains."""
+    if "select_seeds" in cfg and "select" not in cfg:
+        raise ParamsError(f"{source}: {_key(where + ('select_seeds',))}: set without `select` (nothing to choose)")
+    if "select" not in cfg:
+        return
+    type_schema = schema["$defs"][f"method_{method['type']}"]
+    base = {k: v for k, v in cfg.items() if k not in ("type", "seeds", "train", *SELECT_KEYS)}
+    for i, over in enumerate(cfg["select"]):
+        _validate({**base, **over}, type_schema, schema, source, prefix=where + ("select", i))
+    if cfg.get("select_seeds", 1) > len(method["seeds"]):
+        raise ParamsError(f"{source}: {_key(where + ('select_seeds',))}: {cfg['select_seeds']}, but the "
+                          f"method has {len(method['seeds'])} seeds ({method['seeds']})")
+
+
 def resolve(raw: dict, source: str = "params.yaml") -> dict:
     """Validate a params mapping and return it resolved: defaults filled in, method `extends`
     chains merged, per-type method parameters checked, run lists cross-checked."""
@@ -137,10 +156,11 @@ def resolve(raw: dict, source: str = "params.yaml") -> dict:
         m = _resolve_method(name, params["methods"], source)
         mtype = m.get("type")
         type_schema = schema["$defs"][f"method_{mtype}"]
-        own = {k: v for k, v in m.items() if k not in ("type", "seeds", "train")}
+        own = {k: v for k, v in m.items() if k not in ("type", "seeds", "train", *SELECT_KEYS)}
         _validate(own, type_schema, schema, source, prefix=("methods", name))
         m.update(_fill_defaults(type_schema, own))
         m.setdefault("seeds", params["seeds"])
+        _check_select(m, m, schema, source, ("methods", name))
         methods[name] = m
     params["methods"] = methods
     for name, m in methods.items():
@@ -149,9 +169,15 @@ def resolve(raw: dict, source: str = "params.yaml") -> dict:
                               f"step's closed-form gradients treat the gate's inputs as constants)")
     for d, ds in params["datasets"].items():
         for m, over in ds.get("method_params", {}).items():
-            own = {k: v for k, v in methods[m].items() if k not in ("type", "seeds", "train")}
-            _validate({**own, **over}, schema["$defs"][f"method_{methods[m]['type']}"], schema, source,
-                      prefix=("datasets", d, "method_params", m))
+            where = ("datasets", d, "method_params", m)
+            own = {k: v for k, v in methods[m].items() if k not in ("type", "seeds", "train", *SELECT_KEYS)}
+            for key in SELECT_KEYS:
+                if key in over:
+                    _validate(over[key], schema["$defs"][key], schema, source, prefix=where + (key,))
+            plain = {k: v for k, v in over.items() if k not in SELECT_KEYS}
+            _validate({**own, **plain}, schema["$defs"][f"method_{methods[m]['type']}"], schema, source,
+                      prefix=where)
+            _check_select({**methods[m], **over}, methods[m], schema, source, where)
 
     for key, defined in (("datasets", params["datasets"]), ("methods", methods)):
         for name in params["run"][key]:
@@ -303,12 +329,14 @@ def dataset_config(params: dict, data: str) -> dict:
             if k not in ("train", "method_train", "method_params")}
 
 
-def run_fingerprint(params: dict, data: str, method: str) -> str:
-    """Everything that determines one training job's result, as canonical JSON (the checkpoint's
-    configuration check)."""
+def run_fingerprint(params: dict, data: str, method: str, mcfg: dict | None = None) -> str:
+    """Everything that determines one run's result, as canonical JSON (the checkpoint's
+    configuration check); `mcfg`: the method configuration trained, where a candidate of
+    `select` (dyncim.train.select) replaces the params'."""
     return json.dumps({"data": dataset_config(params, data), "split": params["split"],
                        "train": train_config(params, data, method),
-                       "method": method_config(params, method, data)}, sort_keys=True)
+                       "method": method_config(params, method, data) if mcfg is None else mcfg},
+                      sort_keys=True)
 
 
 # --- job configurations ----------------------------------------------------------------------

@@ -101,6 +101,8 @@ def evaluate_run(path: Path, feats: features.FeatureSet | MediaSet, device="cpu"
     y = {s: feats.labels[i].cpu() for s, i in idx.items()}
     res = {"data": ck["data"], "method": ck["method"], "seed": ck["seed"], "names": list(feats.names),
            "modalities": {}}
+    if "selection" in ck:   # the settings chosen on validation (dyncim.train.select)
+        res["selection"] = ck["selection"]
     for part, sub, method, model in built:
         bs = ck["train_cfg"]["eval_batch_size"]
         out = {s: _cpu(evaluate_split(model, method, sub, idx[s], bs)) for s in idx}

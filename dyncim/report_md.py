@@ -180,6 +180,31 @@ def sanity_section(params: dict, data: str, runs: dict, ranges: dict | None) -> 
     return lines
 
 
+def _settings(settings: dict) -> str:
+    return ", ".join(f"{k} {json.dumps(v)}" for k, v in settings.items())
+
+
+def selection_section(data: str, runs: dict) -> list[str]:
+    """The settings chosen on validation (dyncim.train.select): every candidate of each method
+    that compared some, with its validation score; the winner in bold."""
+    rows = []
+    for m, seeds in runs.items():
+        record = next((r["selection"] for r in seeds.values() if "selection" in r), None)
+        if record is None:
+            continue
+        for i, c in enumerate(record["candidates"]):
+            won = i == record["chosen"]
+            cells = [m, _settings(c["settings"]), f"{c['val']:.3f}", ", ".join(map(str, record["seeds"]))]
+            rows.append([f"**{x}**" if won else x for x in cells] + ["chosen" if won else ""])
+    if not rows:
+        return []
+    return [f"### {data}: settings chosen on validation", "",
+            "Where no official code gives a method's value for this data set, its candidates trained on "
+            "the seeds shown and the highest mean best-epoch validation figure won (ties: the first "
+            "listed); its runs are the method's row above. The test split played no part.", "",
+            *_table(["method", "candidate", "validation", "seeds", ""], rows), ""]
+
+
 def data_section(params: dict, data: str, runs: dict, out: Path, robustness: dict | None,
                  figures: dict | None, ranges: dict | None = None) -> list[str]:
     figures = figures or {}
@@ -193,6 +218,7 @@ def data_section(params: dict, data: str, runs: dict, out: Path, robustness: dic
     lines += ["### Ranked results", "", _seed_sentence(params, list(runs)), ""]
     lines += _table(header, rows) + [""]
     lines += [f"- {_verdicts(tests, r, order, stats.PRIMARY_LABEL[first])}" for r in REFERENCES if r in tests] + [""]
+    lines += selection_section(data, runs)
     figs = [_link(figures[k], out, f"{data}: {alt}") for k, alt in
             (("accuracy", "test accuracy per method"), ("rebalance", "fused vs own-head accuracy"),
              ("curves", "validation curves")) if k in figures]

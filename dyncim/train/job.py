@@ -8,6 +8,8 @@ dyncim.paths puts them:
   runs/<data>/<method>/seed<S>[/<modality>]/     TensorBoard logs
   results/curves/<data>/<method>/seed<S>.csv    per-epoch history (DVC plots)
 and, written last, the job's declared output models/<data>/<method>/manifest.json.
+A method with candidate settings (`select`) first trains and compares them on validation
+(dyncim.train.select), under models/<data>/<method>/select/ and runs/<data>/<method>/select/.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from ..atomic import torch_save, write_json, write_text
 from ..data import features
 from ..data.media_set import MediaSet, load_data
 from ..methods import method_class
+from . import select
 from .loop import Trainer
 
 
@@ -45,7 +48,13 @@ def pick_device(spec: str) -> torch.device:
     return torch.device(spec)
 
 
-def run_paths(root: Path, data: str, method: str, seed: int) -> dict[str, Path]:
+def run_paths(root: Path, data: str, method: str, seed: int, variant: str = "") -> dict[str, Path]:
+    """Where a run's files go; a selection candidate's (`variant`) stay under its method's folders,
+    its curves beside its checkpoints (out of the DVC plots)."""
+    if variant:
+        model_dir = root / paths.seed_dir(data, f"{method}/{variant}", seed)
+        return {"model_dir": model_dir, "runs": root / paths.runs_dir(data, f"{method}/{variant}", seed),
+                "curves": model_dir / "curves.csv"}
     return {"model_dir": root / paths.seed_dir(data, method, seed),
             "runs": root / paths.runs_dir(data, method, seed),
             "curves": root / paths.curves_file(data, method, seed)}
@@ -53,18 +62,28 @@ def run_paths(root: Path, data: str, method: str, seed: int) -> dict[str, Path]:
 
 def train_seed(params: dict, data: str, method: str, seed: int, feats: features.FeatureSet | MediaSet,
                root: Path, device: torch.device) -> Path:
-    mcfg, tcfg = C.method_config(params, method, data), C.train_config(params, data, method)
-    where = run_paths(root, data, method, seed)
-    fingerprint = C.run_fingerprint(params, data, method) + code_version()
+    return _train_seed(params, data, method, seed, feats, root, device)[0]
+
+
+def _train_seed(params: dict, data: str, method: str, seed: int, feats: features.FeatureSet | MediaSet,
+                root: Path, device: torch.device, mcfg: dict | None = None, variant: str = "",
+                selection: dict | None = None) -> tuple[Path, list[dict]]:
+    """Train (or resume) one run; `mcfg`: the method configuration to train (default: the
+    params'); `variant`: a selection candidate's path label; `selection`: the record saved with it."""
+    mcfg = C.method_config(params, method, data) if mcfg is None else mcfg
+    tcfg = C.train_config(params, data, method)
+    where = run_paths(root, data, method, seed, variant)
+    fingerprint = C.run_fingerprint(params, data, method, mcfg) + code_version()
     parts = method_class(mcfg["type"]).parts(len(feats.names))
     saved, rows = [], []
     for modalities in parts:
         sub = feats.subset(modalities) if len(modalities) < len(feats.names) else feats
         name = "-".join(sub.names) if len(parts) > 1 else ""
         trainer = Trainer(sub, mcfg, tcfg, seed, device,
-                          ckpt_path=root / paths.last_checkpoint(data, method, seed, name),
+                          ckpt_path=where["model_dir"] / f"last{'-' + name if name else ''}.pt",
                           log_dir=where["runs"] / name if name else where["runs"],
                           fingerprint=fingerprint, tag=f"data={data} method={method} seed={seed}"
+                                                      + (f" {variant}" if variant else "")
                                                       + (f" part={name}" if name else ""))
         best = trainer.fit()
         saved.append({"modalities": modalities, "names": sub.names, "fusion": trainer.method.fusion,
@@ -73,11 +92,12 @@ def train_seed(params: dict, data: str, method: str, seed: int, feats: features.
                       "state": best["state"],
                       "in_dims": sub.shapes})
         rows += [{"part": name or "all", **r} for r in trainer.history]
-    out = root / paths.best_model(data, method, seed)
+    out = where["model_dir"] / "best.pt"
     torch_save({"data": data, "method": method, "seed": seed, "method_cfg": mcfg, "train_cfg": tcfg,
-                "n_classes": feats.n_classes, "names": feats.names, "parts": saved}, out)
+                "n_classes": feats.n_classes, "names": feats.names, "parts": saved,
+                **({"selection": selection} if selection else {})}, out)
     _write_curves(where["curves"], rows)
-    return out
+    return out, saved
 
 
 def _write_curves(path: Path, rows: list[dict]) -> None:
@@ -104,9 +124,16 @@ def train_job(params: dict, data: str, method: str, seeds: list[int], features_p
             raise ValueError(f"{features_path}: has {len(feats.names)} modalities, params.yaml's "
                              f"datasets.{data} has {want}; rerun the features step")
     feats = feats.to(device)  # once per job: a store is copied onto the device once, for every seed
-    best = [train_seed(params, data, method, s, feats, root, device) for s in seeds]
+    mcfg, selection = C.method_config(params, method, data), None
+    if "select" in mcfg:
+        def fit(seed, cand, label):
+            return _train_seed(params, data, method, seed, feats, root, device, cand, label)[1]
+        mcfg, selection = select.run(mcfg, data, method, seeds, root, fit)
+    best = [_train_seed(params, data, method, s, feats, root, device, mcfg, selection=selection)[0]
+            for s in seeds]
     # The job's declared output, written last: it exists only when every seed is done.
     write_json(manifest or root / paths.manifest(data, method),
-               {"data": data, "method": method, "seeds": {str(s): str(p) for s, p in zip(seeds, best)}})
+               {"data": data, "method": method, "seeds": {str(s): str(p) for s, p in zip(seeds, best)},
+                **({"selection": selection} if selection else {})})
     return best
 
