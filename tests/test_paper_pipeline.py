@@ -23,7 +23,9 @@ def paper_config(url, mosei):
     return {"seeds": [0], "train": {"epochs": 2},
             "datasets": {
                 "crema-d": {"source": "crema-d", "media": {"base_url": url, "jobs": 2, "workers": 1}, "train": train},
-                "mosei": {"source": "cmu-mosei", "media": {"from_path": str(mosei), "workers": 1}, "train": train}},
+                # a setting chosen on validation (dyncim.train.select), through the store path
+                "mosei": {"source": "cmu-mosei", "media": {"from_path": str(mosei), "workers": 1}, "train": train,
+                          "method_params": {"joint": {"select": [{"fusion": "concat"}, {"fusion": "sum"}]}}}},
             "methods": {"dyncim": {"seeds": [0]}},
             "run": {"datasets": ["crema-d", "mosei"], "methods": ["joint", "dyncim"]}}
 
@@ -70,6 +72,13 @@ def test_crema_d_and_mosei_from_raw_files_to_the_report(server, tmp_path):
         assert set(rob["runs"]) == {"joint", "dyncim"}
     report = (repo / paths.REPORT).read_text()
     assert "## crema-d" in report and "## mosei" in report
+    # MOSEI's joint compared its two fusions on validation; CREMA-D's kept params.yaml's
+    chosen = json.loads((repo / paths.eval_file("mosei", "joint", 0)).read_text())["selection"]
+    assert [c["settings"] for c in chosen["candidates"]] == [{"fusion": "concat"}, {"fusion": "sum"}]
+    ck = torch.load(repo / paths.best_model("mosei", "joint", 0), weights_only=False)
+    assert ck["method_cfg"]["fusion"] == chosen["settings"]["fusion"] and "select" not in ck["method_cfg"]
+    assert "selection" not in json.loads((repo / paths.eval_file("crema-d", "joint", 0)).read_text())
+    assert "### mosei: settings chosen on validation" in report and "### crema-d: settings chosen" not in report
     # which split each number is on, and the sanity check against the published ranges: these
     # two-epoch, width-4 runs are checked (joint's fused accuracy), whatever their verdict
     sanity = json.loads((repo / paths.SUMMARY["sanity"]).read_text())
