@@ -10,7 +10,7 @@ TSTAMP := $(VENV)/.installed-test-stamp
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: run full quick report test test-fast lint repro bench tensorboard clean
+.PHONY: run full quick report test test-fast lint repro bench bench-gpu tensorboard clean
 
 # pip byte-compiles every package at install (a minute or more here): worth it, since with
 # PYTHONDONTWRITEBYTECODE set (as on this project's machines) nothing else would, and every job
@@ -80,6 +80,11 @@ repro: $(DSTAMP)
 
 bench: $(DSTAMP)
 	$(PY) -m dyncim.bench
+
+# On a machine with a GPU: a CREMA-D-shaped epoch of joint and DynCIM with and without bf16
+# (samples/s, GPU busy fraction, peak memory) and the embedded default end to end (dyncim/bench_gpu.py).
+bench-gpu: $(STAMP)
+	$(PY) -m dyncim.bench_gpu --embedded
 
 tensorboard: $(STAMP)
 	tensorboard --logdir runs
