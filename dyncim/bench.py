@@ -118,19 +118,29 @@ def _timed(cmd, cwd) -> float:
     return time.perf_counter() - t0
 
 
-def pipeline_times(full_runs: int, repeat: int) -> dict:
+def copy_repo(work: Path) -> Path:
+    """The repository's tracked and untracked-but-not-ignored files, copied to `work` (no outputs)."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, check=True,
                            capture_output=True, text=True).stdout.split()
+    for f in files:
+        if (REPO / f).is_file():
+            (work / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / f, work / f)
+    return work
+
+
+def clean_outputs(work: Path) -> None:
+    """Remove every output of a run, so that the next one starts from clean."""
+    for d in ("data", "models", "runs", "results", "logs", ".snakemake"):
+        shutil.rmtree(work / d, ignore_errors=True)
+
+
+def pipeline_times(full_runs: int, repeat: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp) / "repo"
-        for f in files:
-            if (REPO / f).is_file():
-                (work / f).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(REPO / f, work / f)
+        work = copy_repo(Path(tmp) / "repo")
         full = []
         for _ in range(full_runs):
-            for d in ("data", "models", "runs", "results", "logs", ".snakemake"):
-                shutil.rmtree(work / d, ignore_errors=True)
+            clean_outputs(work)
             full.append(_timed(["snakemake", "--cores", "all", "-q"], work))
         noop = [_timed(["snakemake", "--cores", "all", "-q"], work) for _ in range(repeat)]
         for cmd in (["git", "init", "-q"], ["git", "add", "-A"],

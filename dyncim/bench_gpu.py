@@ -27,7 +27,6 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -58,7 +57,8 @@ def write_store(root: Path, train: int, size: int = 224, frames: int = 3, audio=
                 a = rng.standard_normal((k, *audio), dtype=np.float32).astype(np.float16)
                 f = rng.integers(0, 256, (k, frames, size, size, 3), dtype=np.uint8)
                 for j in range(k):
-                    w.write(start + j, {"audio": a[j], "frames": f[j]}, {"ok": True, "n_frames": frames, "aspect": 4 / 3})
+                    w.write(start + j, {"audio": a[j], "frames": f[j]},
+                            {"ok": True, "n_frames": frames, "aspect": 4 / 3})
                 w.commit()
             w.finish([f"{split}-{i}" for i in range(n)], [classes[y] for y in labels],
                      {"classes": classes, "channels_last": ["frames"]})
@@ -167,19 +167,12 @@ def _row_text(r: dict) -> str:
 
 def embedded_runs(hide_gpu: bool) -> dict:
     """The embedded default's full run from clean in a temp copy, with the GPU visible (and hidden)."""
-    from .bench import _env
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, check=True,
-                           capture_output=True, text=True).stdout.split()
+    from .bench import _env, clean_outputs, copy_repo
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp) / "repo"
-        for f in files:
-            if (REPO / f).is_file():
-                (work / f).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(REPO / f, work / f)
+        work = copy_repo(Path(tmp) / "repo")
         for label, visible in (("gpu_visible", None), ("gpu_hidden", "")) if hide_gpu else (("gpu_visible", None),):
-            for d in ("data", "models", "runs", "results", "logs", ".snakemake"):
-                shutil.rmtree(work / d, ignore_errors=True)
+            clean_outputs(work)
             env = _env()
             if visible is not None:
                 env["CUDA_VISIBLE_DEVICES"] = visible

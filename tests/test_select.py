@@ -76,8 +76,8 @@ def test_the_job_keeps_the_candidate_with_the_best_validation_score(selected):
     assert record["seeds"] == [0, 1] and [c["settings"] for c in record["candidates"]] == CANDIDATES
     # each candidate's score is read back from its own checkpoints, independently of the record
     for i, c in enumerate(record["candidates"]):
-        vals = [_load(root / paths.best_model("mfeat-pix-zer", f"joint/select/candidate{i}", s))["parts"][0]["best_val_acc"]
-                for s in (0, 1)]
+        vals = [_load(root / paths.best_model("mfeat-pix-zer", f"joint/select/candidate{i}", s))
+                ["parts"][0]["best_val_acc"] for s in (0, 1)]
         assert c["val"] == pytest.approx(sum(vals) / 2)
         assert not (root / paths.model_dir("mfeat-pix-zer", f"joint/select/candidate{i}") / "seed2").exists()
     vals = [c["val"] for c in record["candidates"]]
