@@ -78,7 +78,7 @@ class GpuSampler:
             return self
         index = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0] or "0"
         self.proc = subprocess.Popen([exe, "-i", index, "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
-                                      f"-lms={self.ms}"], stdout=subprocess.PIPE, text=True)
+                                      f"--loop-ms={self.ms}"], stdout=subprocess.PIPE, text=True)
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
         return self
