@@ -73,6 +73,7 @@ def _train_seed(params: dict, data: str, method: str, seed: int, feats: features
     mcfg = C.method_config(params, method, data) if mcfg is None else mcfg
     tcfg = C.train_config(params, data, method)
     where = run_paths(root, data, method, seed, variant)
+    label = f"{method}/{variant}" if variant else method   # where dyncim.paths puts this run's files
     fingerprint = C.run_fingerprint(params, data, method, mcfg) + code_version()
     parts = method_class(mcfg["type"]).parts(len(feats.names))
     saved, rows = [], []
@@ -80,7 +81,7 @@ def _train_seed(params: dict, data: str, method: str, seed: int, feats: features
         sub = feats.subset(modalities) if len(modalities) < len(feats.names) else feats
         name = "-".join(sub.names) if len(parts) > 1 else ""
         trainer = Trainer(sub, mcfg, tcfg, seed, device,
-                          ckpt_path=where["model_dir"] / f"last{'-' + name if name else ''}.pt",
+                          ckpt_path=root / paths.last_checkpoint(data, label, seed, name),
                           log_dir=where["runs"] / name if name else where["runs"],
                           fingerprint=fingerprint, tag=f"data={data} method={method} seed={seed}"
                                                       + (f" {variant}" if variant else "")
@@ -92,7 +93,7 @@ def _train_seed(params: dict, data: str, method: str, seed: int, feats: features
                       "state": best["state"],
                       "in_dims": sub.shapes})
         rows += [{"part": name or "all", **r} for r in trainer.history]
-    out = where["model_dir"] / "best.pt"
+    out = root / paths.best_model(data, label, seed)
     torch_save({"data": data, "method": method, "seed": seed, "method_cfg": mcfg, "train_cfg": tcfg,
                 "n_classes": feats.n_classes, "names": feats.names, "parts": saved,
                 **({"selection": selection} if selection else {})}, out)
