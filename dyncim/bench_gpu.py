@@ -118,7 +118,7 @@ def epoch_figures(store: Path, methods, amps, epochs: int, batch: int, width: in
     data, opened = None, None
     for fraction, amp, m in settings:
         if opened != fraction:
-            data = None
+            data = None   # let the previous store's GPU copy go before the next one is made
             data, opened = open_media(store, fraction).to(device), fraction
         n = int((data.split == 0).sum())
         tcfg = {**C.train_config(params, "mfeat-pix-zer", m), "encoder": "auto", "resnet_width": width,

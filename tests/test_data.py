@@ -39,7 +39,7 @@ def test_missing_and_scaled_noise_are_recorded_and_visible():
                                   {"modality": 1, "kind": "noisy", "fraction": 0.2, "scale": 3.0}])
     a, b = S.generate(cfg), S.generate(cfg)
     assert all(np.array_equal(x, y) for x, y in zip(a["views"], b["views"]))
-    codes, (dom, xor, lin) = a["corrupted"], a["views"]
+    codes, (_, xor, lin) = a["corrupted"], a["views"]
     gone, loud = codes[:, 2] == S.MISSING, codes[:, 1] == S.NOISY
     assert gone.sum() == 120 and loud.sum() == 80 and (codes[:, 0] == S.CLEAN).all()
     assert S.CORRUPTION_CODES["missing"] == S.MISSING

@@ -145,5 +145,5 @@ def test_shipped_class_list_and_splits():
     classes = K.read_classes()
     rows = K.read_splits(classes=classes)
     assert len(classes) == 31 and len(rows) == 18716
-    assert [sum(1 for r in rows if r[2] == s) for s in K.SPLITS] == [14799, 1320, 2597]
+    assert [sum(1 for r in rows if r[2] == s) for s in discovery.SPLITS] == [14799, 1320, 2597]
     assert len({K.clip_key(r[0]) for r in rows}) == len(rows)  # ids stay distinct as (video, start)

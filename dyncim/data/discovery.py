@@ -15,6 +15,7 @@ import csv
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -61,8 +62,6 @@ def probe_media(path: str | Path, streams=("video", "audio")) -> tuple[str, str]
     return None
 
 
-
-
 def walk_media(root: str | Path, exts=VIDEO_EXTS) -> dict[str, str]:
     """{file stem: path} of every media file under `root` (one walk, folder links followed, each
     folder once); where two files share a stem, the preferred extension (`exts` order), then the
@@ -104,6 +103,18 @@ def check_file(path: str | None, probe: bool) -> tuple[str, str] | None:
     if not os.path.isfile(path):
         return "missing", "listed but not found"
     return probe_media(path) if probe else None
+
+
+@dataclass
+class Result:
+    """What a set's clip discovery left: its three files and the per-split counts."""
+    clips: Path
+    problems: Path
+    summary: Path
+    counts: dict = field(default_factory=dict)  # split -> {listed, used, missing, unreadable, ...}
+
+    def lines(self) -> list[str]:
+        return lines(self.counts)
 
 
 class Report:

@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import csv
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import discovery
-from .discovery import CLIPS, PROBLEMS, SPLITS, SUMMARY, VIDEO_EXTS, media_files
+from .discovery import CLIPS, PROBLEMS, SUMMARY, VIDEO_EXTS, media_files
 from .splits import read_clip_splits
 
 RESOURCES = Path(__file__).resolve().parents[2] / "resources" / "splits" / "kinetics-sounds"
@@ -123,19 +122,7 @@ def read_clip_list(path: str | Path) -> ClipIndex:
     return ClipIndex(files)
 
 
-@dataclass
-class KineticsSoundsResult:
-    clips: Path
-    problems: Path
-    summary: Path
-    counts: dict = field(default_factory=dict)  # split -> {listed, used, missing, unreadable, ...}
-
-    def lines(self) -> list[str]:
-        out = []
-        for s, c in self.counts.items():
-            bad = ", ".join(f"{v} {k}" for k, v in c.items() if k not in ("listed", "used") and v)
-            out.append(f"{s}: used {c['used']} of {c['listed']} clips" + (f" ({bad})" if bad else ""))
-        return out
+KineticsSoundsResult = discovery.Result
 
 
 def prepare_kinetics_sounds(out: str | Path, *, from_dir: str | Path | None = None,

@@ -32,8 +32,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .kinetics_sounds import KineticsSoundsResult
-
 from ..atomic import atomic_path
 from . import discovery
 from .discovery import CLIPS, PROBLEMS, SPLITS, SUMMARY
@@ -206,8 +204,8 @@ def find_lists(from_dir: Path, lists: str | Path | None) -> Path:
 
 
 @dataclass
-class UCF101Result(KineticsSoundsResult):
-    """Kinetics-Sounds' result (files, per-split counts and their log lines), plus the val groups."""
+class UCF101Result(discovery.Result):
+    """The discovery's result (files, per-split counts and their log lines), plus the val groups."""
     val_groups: list = field(default_factory=list)
 
 

@@ -85,7 +85,8 @@ def run(mcfg: dict, data: str, method: str, seeds: list[int], root: Path,
     and returns its saved parts (with their `best_val_*` figures)."""
     used = selection_seeds(mcfg, seeds)
     rows = []
-    for i, cand in enumerate(candidates(mcfg)):
+    cands = candidates(mcfg)
+    for i, cand in enumerate(cands):
         per_seed = [part_score(fit(s, cand, variant(i))) for s in used]
         rows.append({"settings": mcfg["select"][i], "val": statistics.fmean(per_seed),
                      "val_per_seed": dict(zip(map(str, used), per_seed))})
@@ -94,4 +95,4 @@ def run(mcfg: dict, data: str, method: str, seeds: list[int], root: Path,
         _copy_run(root, data, method, best, s)
     record = {"candidates": rows, "chosen": best, "settings": mcfg["select"][best], "seeds": used,
               "rule": "highest mean best-epoch validation figure over these seeds; ties: the first listed"}
-    return candidates(mcfg)[best], record
+    return cands[best], record
