@@ -89,5 +89,17 @@ bench-gpu: $(STAMP)
 tensorboard: $(STAMP)
 	tensorboard --logdir runs
 
+# The offline GPU check (docs/gpu.md, resources/gpu-node/README.md). `make gpu-wheels`: the wheels
+# the node lacks (resources/gpu-node/carry.txt) for its CPython 3.12, into .gpu-wheels/, which
+# travels with the checkout; fails if the two exceed the 64 MiB a node can be sent. `make
+# gpu-rehearsal`: `.ci/gpu-check --dry` in a fresh venv holding only the node's packages
+# (resources/gpu-node/node.txt) with the same pins built for this Python: the wheel set complete.
+.PHONY: gpu-wheels gpu-rehearsal
+gpu-wheels:
+	.ci/gpu-wheels
+
+gpu-rehearsal:
+	.ci/gpu-rehearsal
+
 clean:
 	rm -rf data models runs results bench logs .snakemake dvc.lock
