@@ -11,10 +11,12 @@
 3. The same ratio with ResNet-18 encoders on CREMA-D-shaped random batches (on the GPU when there
    is one; on a CPU with a small batch, as the convolutions cost seconds per step).
 4. Samples per second delivered to the model from the feature store (memory-mapped uint8 frames
-   and float16 spectrograms, training augmentation) against decoding the same synthetic CREMA-D
-   clips per sample on the fly, the peers' way (dyncim.bench_media), in one run.
+   and float16 spectrograms, training augmentation) against the peers' own loader on the same
+   synthetic CREMA-D clips (1 fps JPEG frames written beforehand, opened with PIL per sample, the
+   spectrogram from the WAV per sample), and against decoding each FLV per sample on the fly
+   (dyncim.bench_media), in one run.
 Targets (issues): ratio <= 1.5 (MLP), <= 1.15 (ResNet-18), full run <= 600 s on 2 cores, no-op
-<= 5 s (Snakemake), <= 10 s (DVC), store >= 10x decoding on a CPU.
+<= 5 s (Snakemake), <= 10 s (DVC), store >= 10x the peers' JPEG loader on a CPU.
 """
 from __future__ import annotations
 
@@ -34,8 +36,10 @@ from .atomic import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = "dyncim (impl: reference)"
-TARGETS = {"ratio_mlp": 1.5, "ratio_resnet18": 1.15, "store_vs_decode": 10.0, "full_run_s": 600.0, "noop_snakemake_s": 5.0,
-           "noop_dvc_s": 10.0}
+# store_vs_peers: the feature store against the peers' own loader (JPEG frames + per-sample STFT);
+# the 10x target was first set against decoding each FLV per sample, now reported without a target
+TARGETS = {"ratio_mlp": 1.5, "ratio_resnet18": 1.15, "store_vs_peers": 10.0, "full_run_s": 600.0,
+           "noop_snakemake_s": 5.0, "noop_dvc_s": 10.0}
 
 
 def _env():
@@ -118,10 +122,21 @@ def _timed(cmd, cwd) -> float:
     return time.perf_counter() - t0
 
 
+# what a copy of the checkout leaves out where git cannot list its files (outputs, environments)
+NOT_COPIED = ("data", "models", "runs", "results", "logs", "bench", ".snakemake", ".venv", ".gpu-wheels",
+              ".git", ".pytest_cache", "__pycache__", "*.pyc")
+
+
 def copy_repo(work: Path) -> Path:
-    """The repository's tracked and untracked-but-not-ignored files, copied to `work` (no outputs)."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, check=True,
-                           capture_output=True, text=True).stdout.split()
+    """The repository's tracked and untracked-but-not-ignored files, copied to `work` (no outputs);
+    where git cannot list them (a GPU node's copy of the checkout may have no git), a walk of the
+    folder without its outputs."""
+    try:
+        files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, check=True,
+                               capture_output=True, text=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        shutil.copytree(REPO, work, ignore=shutil.ignore_patterns(*NOT_COPIED), symlinks=True)
+        return work
     for f in files:
         if (REPO / f).is_file():
             (work / f).parent.mkdir(parents=True, exist_ok=True)
@@ -166,9 +181,14 @@ def table(res: dict) -> str:
                  f"<= {TARGETS['ratio_resnet18']}"))
     m = res.get("media_loading")
     if m:
-        rows.append((f"samples / s from the feature store vs decoding each clip (CREMA-D, {m['device']}, training "
-                     f"augmentation; {m['store_samples_per_s']:.0f} vs {m['decode_samples_per_s']:.1f})",
-                     f"{m['ratio']:.1f}x", f">= {TARGETS['store_vs_decode']:.0f}x"))
+        rows.append((f"samples / s from the feature store vs the peers' JPEG loader (CREMA-D, {m['device']}, "
+                     f"training augmentation; {m['store_samples_per_s']:.0f} vs {m['jpeg_samples_per_s']:.1f}; "
+                     f"CPU time {m['ratio_cpu']:.1f}x)",
+                     f"{m['ratio']:.1f}x", f">= {TARGETS['store_vs_peers']:.0f}x"))
+        rows.append((f"samples / s from the feature store vs decoding each FLV per sample (same run; "
+                     f"{m['store_samples_per_s']:.0f} vs {m['decode_samples_per_s']:.1f}; CPU time "
+                     f"{m['ratio_cpu_vs_decode']:.1f}x)",
+                     f"{m['ratio_vs_decode']:.1f}x", "-"))
     p = res.get("pipeline")
     if p:
         rows += [("make run from clean (s, median)", f"{p['full_run_s']:.1f}", f"<= {TARGETS['full_run_s']:.0f}"),
@@ -191,7 +211,8 @@ def main(argv=None) -> int:
     ap.add_argument("--resnet-steps", type=int, default=3, help="steps per timed ResNet-18 epoch")
     ap.add_argument("--resnet-epochs", type=int, default=5, help="timed ResNet-18 epochs per method")
     ap.add_argument("--media-clips", type=int, default=48,
-                    help="synthetic CREMA-D clips for the store-vs-decoding loading benchmark (0: skip)")
+                    help="synthetic CREMA-D clips for the loading benchmark: store vs the peers' JPEG "
+                         "loader vs decoding (0: skip)")
     ap.add_argument("--full-runs", type=int, default=3, help="clean full pipeline runs (0: skip)")
     ap.add_argument("--repeat", type=int, default=5, help="no-op reruns")
     ap.add_argument("--out", default=str(REPO / "bench" / "results.json"))
