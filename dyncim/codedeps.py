@@ -136,7 +136,7 @@ def step_modules(step: str) -> set[str]:
 
 def method_modules(types) -> set[str]:
     from .methods.catalog import CATALOG
-    return closure(f"{PACKAGE}.methods.{CATALOG[t].module}" for t in types)
+    return closure(f"{PACKAGE}.methods.{mod}" for t in types for mod in CATALOG[t].modules)
 
 
 @functools.cache

@@ -20,7 +20,7 @@ from torchmetrics.functional.classification import multiclass_accuracy, multicla
 from . import multilabel as ML
 from .atomic import write_json
 from .config import with_method_defaults
-from .data import features
+from .data.dataset import DataSet
 from .data.media_set import MediaSet, load_data
 from .data.synthetic import CORRUPTION_CODES
 from .train.assemble import assemble
@@ -57,7 +57,7 @@ def linear_probe(tr, ytr, va, yva, te, yte, n_classes: int, multilabel: bool = F
     return {"probe_val": best[0], "probe_ridge": best[1], "probe": best[2]}
 
 
-def load_run(path: Path, feats: features.FeatureSet | MediaSet, device):
+def load_run(path: Path, feats: DataSet, device):
     """Rebuild every part's model (and method, for its label-free prediction) from best.pt."""
     try:
         ck = torch.load(path, map_location=device, weights_only=False)
@@ -92,9 +92,9 @@ def _cpu(out):
     return fused.cpu(), [p.cpu() for p in parts], [f.cpu() for f in feats]
 
 
-def evaluate_run(path: Path, feats: features.FeatureSet | MediaSet, device="cpu") -> dict:
-    """`feats` on `device` (a MediaSet: `feats.to(device)` first); the figures are computed on
-    the CPU from the model's outputs."""
+def evaluate_run(path: Path, feats: DataSet, device="cpu") -> dict:
+    """`feats` (a DataSet) on `device` (a MediaSet: `feats.to(device)` first); the figures are
+    computed on the CPU from the model's outputs."""
     ck, built = load_run(path, feats, device)
     C_ = ck["n_classes"]
     idx = {s: feats.index(s) for s in ("train", "val", "test")}
@@ -107,7 +107,7 @@ def evaluate_run(path: Path, feats: features.FeatureSet | MediaSet, device="cpu"
         bs = ck["train_cfg"]["eval_batch_size"]
         out = {s: _cpu(evaluate_split(model, method, sub, idx[s], bs)) for s in idx}
         fused, parts, _ = out["test"]
-        multi = ML.is_multilabel(sub)
+        multi = sub.multilabel
         score = (lambda z, t, _: ML.f1(z, t, "micro")) if multi else _class_acc
         if len(built) == 1 and multi:
             res.update(ML.f1_scores(fused, y["test"]))
@@ -125,11 +125,10 @@ def evaluate_run(path: Path, feats: features.FeatureSet | MediaSet, device="cpu"
             if len(built) > 1:
                 r.update(_best(part))
             res["modalities"][name] = r
-        diag = getattr(method, "diagnostics", None)
-        if diag is not None and len(built) == 1:
-            # feature sets in one pass (as always); media in evaluation batches
-            res["diagnostics"] = diag(model, sub, idx["test"],
-                                      batch_size=None if isinstance(sub, features.FeatureSet) else bs)
+        if len(built) == 1:
+            diag = method.diagnostics(model, sub, idx["test"], batch_size=bs)   # {}: none
+            if diag:
+                res["diagnostics"] = diag
     return res
 
 
@@ -158,8 +157,11 @@ def evaluate_data(params: dict, data: str, features_path: Path, root: Path = Pat
     torch.set_num_threads(params["threads"])
     feats = load_data(features_path, params.get("resident_fraction", 0.5))
     device = "cpu"
-    if isinstance(feats, MediaSet):  # ResNet-18 over every split: on the training device
-        from .train.job import pick_device
+    # Where to evaluate is a policy, not an interface difference (no DataSet member decides it): a
+    # feature file's small MLPs on the host, as always; a store's encoders (ResNet-18 over every
+    # split) on the job's device.
+    if isinstance(feats, MediaSet):
+        from .device import pick_device
         device = pick_device(params.get("device", "auto"))
         feats = feats.to(device)
     for (method, seed), out in zip(runs, outputs):

@@ -165,7 +165,7 @@ def _ref_step_files(step, types):
     fn = next(n for n in CLI.body if getattr(n, "name", None) == f"cmd_{step}")
     mods = _ref_closure({"dyncim.__main__", "dyncim.cli"} | _ref_imports("dyncim.cli", _import_statements(fn)),
                         {"dyncim.cli"})
-    mods |= _ref_closure(f"dyncim.methods.{CATALOG[t].module}" for t in types)
+    mods |= _ref_closure(f"dyncim.methods.{mod}" for t in types for mod in CATALOG[t].modules)
     return sorted(FILES[m].relative_to(REPO).as_posix() for m in mods)
 
 
@@ -180,3 +180,9 @@ def test_memoised_results_equal_a_fresh_derivation(fresh_caches):
     # asked in another order, after everything is memoised: the same lists
     assert [codedeps.step_files(s, t) for s in reversed(STEPS) for t in TYPE_SETS] == \
         [_ref_step_files(s, t) for s in reversed(STEPS) for t in TYPE_SETS]
+
+
+def test_a_method_with_several_implementations_depends_on_each():
+    """DynCIM's `impl: reference` class lives in its own module: editing it re-runs DynCIM's jobs."""
+    files = set(codedeps.step_files("train", ["dyncim"]))
+    assert {"dyncim/methods/dyncim.py", "dyncim/methods/dyncim_reference.py"} <= files

@@ -251,7 +251,7 @@ def test_statistics_round_trip_and_predictions_are_label_free(tmp_path):
     params["datasets"]["tiny"]["synthetic"] = C._fill_defaults(C.load_schema()["$defs"]["synthetic"],
                                                                {"modalities": ["dominant", "xor"], "per_class": 20})
     feats = tiny_features(n=160, dims=(5, 4), n_classes=4)
-    path = train_seed(params, "tiny", "dyncim", 0, feats, tmp_path, torch.device("cpu"))
+    path = train_seed(C.train_job(params, "tiny", "dyncim"), "tiny", "dyncim", 0, feats, tmp_path, torch.device("cpu"))
     last = torch.load(tmp_path / "models/tiny/dyncim/seed0/last.pt", weights_only=False)
     strength = last["model"]["extra.mdc.strength"]
     assert not torch.allclose(strength, torch.full_like(strength, 0.25))  # it was updated in training

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from dyncim import config as C
+from dyncim.methods import build
 from dyncim.methods.base import Context
-from dyncim.methods.dyncim import MEMORY_COLUMNS, DynCIM, self_paced_weights
+from dyncim.methods.dyncim import MEMORY_COLUMNS, self_paced_weights
 from dyncim.methods.dyncim_reference import DynCIMReference, adaptive_alpha, eta, self_paced_v
 from dyncim.models import build_model
 
@@ -21,7 +22,7 @@ A, B_ = 1 / (1 + math.e), 1 / (1 + math.exp(-1))       # sigmoid(−1) = 0.26894
 
 def method(impl, cfg=None, n_modalities=2, n_classes=4, n_samples=10):
     ctx = Context([f"m{i}" for i in range(n_modalities)], n_classes, n_samples, 10, 5, torch.device("cpu"))
-    m = DynCIM({**DEFAULTS, **(cfg or {}), "impl": impl}, ctx)
+    m = build({**DEFAULTS, **(cfg or {}), "impl": impl}, ctx)
     model = build_model([3] * n_modalities, n_classes, "sum", {"hidden": [8], "dropout": 0.0})
     m.setup(model)
     return m, model.extra["mdc"]

@@ -61,8 +61,8 @@ def pair(cfg, n_modalities, seed=0):
     ctx = Context(names, CLASSES, N, 10, 5, torch.device("cpu"))
     cfg = {**DEFAULTS, "hmir_window": 3, **cfg}
     torch.manual_seed(seed)
-    fused = DynCIM({**cfg, "impl": "fused"}, ctx)
-    ref = DynCIM({**cfg, "impl": "reference"}, ctx)
+    fused = build({**cfg, "impl": "fused"}, ctx)
+    ref = build({**cfg, "impl": "reference"}, ctx)
     assert type(fused) is DynCIM and type(ref) is DynCIMReference
     model = build_model([3] * n_modalities, CLASSES, "sum", {"hidden": [8], "dropout": 0.0})
     fused.setup(model)
@@ -194,6 +194,18 @@ def test_impl_selects_the_implementation_and_gate_input_grad_needs_the_reference
     assert type(build({**DEFAULTS, "impl": "reference", "gate_input_grad": True}, ctx)) is DynCIMReference
     with pytest.raises(ValueError, match="gate_input_grad needs impl: reference"):
         build({**DEFAULTS, "gate_input_grad": True}, ctx)
+    # the catalog entry is the one selection point: each class builds only its own impl
+    from dyncim.methods import method_class
+    from dyncim.methods.catalog import CATALOG
+    assert method_class("dyncim") is DynCIM and method_class("dyncim", "fused") is DynCIM
+    assert method_class("dyncim", "reference") is DynCIMReference
+    assert CATALOG["dyncim"].modules == ("dyncim", "dyncim_reference")
+    with pytest.raises(ValueError, match="impl 'closed'"):
+        build({**DEFAULTS, "impl": "closed"}, ctx)
+    with pytest.raises(ValueError, match="build the method with dyncim.methods.build"):
+        DynCIM({**DEFAULTS, "impl": "reference"}, ctx)
+    with pytest.raises(ValueError, match="build the method with dyncim.methods.build"):
+        DynCIMReference({**DEFAULTS, "impl": "fused"}, ctx)
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["methods"]["dyncim-reference"] = {"extends": "dyncim", "impl": "reference"}
     params = C.resolve(raw)
@@ -234,7 +246,7 @@ def test_gate_input_grad_lets_the_gradient_reach_the_logits_through_the_gate(flo
     """With the switch on, the loss and the gate's gradient are unchanged (same forward), and the
     logits get an extra gradient through the gate's confidence, entropy and disagreement."""
     _, _, off, model = pair({}, 3)
-    on = DynCIM({**DEFAULTS, "hmir_window": 3, "impl": "reference", "gate_input_grad": True}, off.ctx)
+    on = build({**DEFAULTS, "hmir_window": 3, "impl": "reference", "gate_input_grad": True}, off.ctx)
     model_on = copy.deepcopy(model)
     g = torch.Generator().manual_seed(4)
     idx, y = torch.arange(16), torch.randint(0, CLASSES, (16,), generator=g)
@@ -253,3 +265,23 @@ def test_gate_input_grad_trains(tmp_path):
     t = Trainer(feats, cfg, {**TRAIN_CFG, "epochs": 2}, 0, torch.device("cpu"), tmp_path / "g.pt", None, "g")
     t.fit()
     assert all(math.isfinite(row["train_loss"]) for row in t.history)
+
+
+def test_the_fused_module_does_not_import_the_reference():
+    """No import cycle: the reference subclasses the fused class; the fused module never imports
+    the reference (the method catalog picks the class), at import time or in any function."""
+    import ast
+    import subprocess
+    import sys
+    tree = ast.parse((REPO / "dyncim" / "methods" / "dyncim.py").read_text())
+    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {f"{n.module}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    names |= {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert not any("dyncim_reference" in x for x in names), names
+    code = ("import sys, torch; from dyncim.methods import build, dyncim; "
+            "from dyncim.methods.base import Context; from dyncim import config as C; "
+            "cfg = {'type': 'dyncim', **C._fill_defaults(C.load_schema()['$defs']['method_dyncim'], {})}; "
+            "build(cfg, Context(['a', 'b'], 3, 10, 2, 1, torch.device('cpu'))); "
+            "print('dyncim.methods.dyncim_reference' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "False"

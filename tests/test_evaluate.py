@@ -60,3 +60,34 @@ def test_a_checkpoint_saved_before_a_method_key_was_added_still_loads(tmp_path):
                 "parts": [{"modalities": [0, 1], "names": feats.names, "fusion": "sum", "best_epoch": 1,
                            "best_val_acc": best["val_acc"], "state": best["state"], "in_dims": [5, 4]}]}, path)
     assert 0 <= evaluate_run(path, feats)["acc"] <= 1
+
+
+def test_diagnostics_are_a_method_hook_called_once_on_the_test_split(tmp_path, monkeypatch):
+    """Method.diagnostics is part of the contract (dyncim.methods.base): by default none (no
+    `diagnostics` in the record); a method that has some gets the test split in evaluation batches."""
+    import torch
+    from dyncim import config as C
+    from dyncim.evaluate import evaluate_run
+    from dyncim.methods.base import Method
+    from dyncim.methods.joint import Joint
+    from dyncim.train.loop import Trainer
+    from tests.conftest import TRAIN_CFG, tiny_features
+    feats = tiny_features()
+    cfg = {"type": "joint", **C._fill_defaults(C.load_schema()["$defs"]["method_joint"], {})}
+    t = Trainer(feats, cfg, {**TRAIN_CFG, "epochs": 1}, 0, torch.device("cpu"), tmp_path / "l.pt", None, "f")
+    best = t.fit()
+    path = tmp_path / "best.pt"
+    torch.save({"data": "d", "method": "joint", "seed": 0, "method_cfg": cfg, "train_cfg": t.cfg,
+                "n_classes": feats.n_classes, "names": feats.names,
+                "parts": [{"modalities": [0, 1], "names": feats.names, "fusion": "concat", "best_epoch": 1,
+                           "best_val_acc": best["val_acc"], "state": best["state"], "in_dims": [5, 4]}]}, path)
+    assert Method.diagnostics(None, None, feats, feats.index("test")) == {}
+    assert "diagnostics" not in evaluate_run(path, feats)
+    calls = []
+
+    def diagnostics(self, model, data, index, batch_size=None):
+        calls.append((data.names, index.tolist(), batch_size, model.training))
+        return {"x": 1.0}
+    monkeypatch.setattr(Joint, "diagnostics", diagnostics)
+    assert evaluate_run(path, feats)["diagnostics"] == {"x": 1.0}
+    assert calls == [(feats.names, feats.index("test").tolist(), TRAIN_CFG["eval_batch_size"], False)]

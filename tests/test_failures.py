@@ -18,7 +18,8 @@ def test_evaluating_a_checkpoint_with_other_features_is_a_clear_error(tmp_path):
     params = C.resolve(yaml.safe_load((REPO / "params.yaml").read_text()))
     params["train"].update(epochs=1, hidden=[8])
     feats = tiny_features(n=60, dims=(5, 4))
-    path = train_seed(params, "mfeat-pix-zer", "joint", 0, feats, tmp_path, torch.device("cpu"))
+    path = train_seed(C.train_job(params, "mfeat-pix-zer", "joint"), "mfeat-pix-zer", "joint", 0, feats, tmp_path,
+                      torch.device("cpu"))
     with pytest.raises(ValueError, match=r"input sizes \[5, 4\].*\[6, 4\]"):
         load_run(path, tiny_features(n=60, dims=(6, 4)), "cpu")
     path.write_bytes(path.read_bytes()[:200])

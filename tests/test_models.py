@@ -70,3 +70,21 @@ def test_encoder_auto_picks_by_input_rank_and_amp_defaults_to_float32_off_cuda()
         build_model([(1, 40, 36)], 3, "sum", {**CFG, "encoder": "transformer"})
     with pytest.raises(ValueError, match="amp 'fp8'"):
         prepare_for_device(model, {**cfg, "amp": "fp8"}, "cpu")
+
+
+def test_the_default_encoder_is_the_schemas_and_the_models_read_no_configuration():
+    """The models' default encoder (a configuration without `encoder`) is a constant of their own,
+    equal to the schema's default; importing them does not import dyncim.config (nor its YAML)."""
+    import subprocess
+    import sys
+
+    from dyncim.config import TRAIN_DEFAULTS
+    from dyncim.models.multimodal import DEFAULT_ENCODER, encoder_kind
+    from tests.conftest import REPO
+    assert DEFAULT_ENCODER == TRAIN_DEFAULTS["encoder"] == "auto"
+    assert encoder_kind(5, {}) == "mlp" and encoder_kind((3, 8, 8), {}) == "resnet18"
+    code = ("import sys; import dyncim.models, dyncim.models.multimodal, dyncim.models.encoders, "
+            "dyncim.models.fusion, dyncim.models.resnet, dyncim.models.sequence; "
+            "print(sorted(m for m in sys.modules if m in ('dyncim.config', 'yaml', 'jsonschema')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "[]"

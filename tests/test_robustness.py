@@ -36,7 +36,7 @@ def tiny_pipeline(root, epochs=2):
                 "labels": feats.labels, "split": feats.split, "corrupted": None}, fpath)
     for m, seeds in METHODS.items():
         for s in seeds:
-            best = train_seed(params, "tiny", m, s, feats, root, torch.device("cpu"))
+            best = train_seed(C.train_job(params, "tiny", m), "tiny", m, s, feats, root, torch.device("cpu"))
             write_json(root / paths.eval_file("tiny", m, s), evaluate_run(best, feats))
     return params, fpath
 
@@ -91,32 +91,79 @@ def test_level_zero_is_the_clean_test_accuracy_of_every_run(pipeline, tmp_path):
 def test_every_method_sees_the_same_corrupted_inputs():
     feats = tiny_features(n=100, dims=(5, 4, 3), n_classes=3)
     idx = feats.index("test")
-    a, blocks = robustness.corrupted_copies(feats, idx, levels=(0.0, 1.0, 2.0), seed=7)
-    b, _ = robustness.corrupted_copies(feats, idx, levels=(0.0, 1.0, 2.0), seed=7)
-    assert all(torch.equal(x, y) for x, y in zip(a.views, b.views))   # reproducible
-    n = len(idx)
+    n, pos = len(idx), torch.arange(len(idx))
+    levels = (0.0, 1.0, 2.0)
+    blocks = robustness.blocks_of(feats.names, levels)
     assert blocks[0] == (None, "clean") and blocks[1:5] == [("m0", 0.0), ("m0", 1.0), ("m0", 2.0), ("m0", "missing")]
-    assert len(a.labels) == n * len(blocks) == n * (1 + 3 * 4)
-    block = lambda v, k: a.views[v][k * n:(k + 1) * n]
+    assert len(blocks) == 1 + 3 * 4
+    chunk = lambda data, m, level, seed=7, at=pos: robustness.corrupted_chunk(data, idx, at, m, level, seed)
     clean = [v[idx] for v in feats.views]
-    for k, (name, level) in enumerate(blocks):
-        for v in range(3):
-            if name == feats.names[v] and level == "missing":
-                assert (block(v, k) == 0).all()
-            elif name == feats.names[v]:
-                noise = block(v, k) - clean[v]
-                if level == 0:
-                    assert torch.equal(block(v, k), clean[v])
-                else:   # the same draw, scaled: noise at 2 = 2 x noise at 1
-                    assert noise.std() == pytest.approx(level, rel=0.3)
-            else:
-                assert torch.equal(block(v, k), clean[v])   # only one modality corrupted at a time
-    n1 = a.views[1][6 * n:7 * n] - clean[1]        # m1 at level 1
-    n2 = a.views[1][7 * n:8 * n] - clean[1]        # m1 at level 2
-    assert torch.allclose(n2, 2 * n1, atol=1e-5)
+    for name, level in blocks[1:]:
+        m = feats.names.index(name)
+        a, b = chunk(feats, m, level), chunk(feats, m, level)
+        assert all(torch.equal(x, y) for x, y in zip(a, b))                           # reproducible
+        assert all(torch.equal(a[k], clean[k]) for k in range(3) if k != m)           # one modality at a time
+        if level == "missing":
+            assert (a[m] == 0).all()                                                  # zeros: the train mean
+        elif level == 0:
+            assert torch.equal(a[m], clean[m])
+        else:
+            assert (a[m] - clean[m]).std() == pytest.approx(level, rel=0.3)           # in train stds (1 here)
+        # the same inputs whatever the chunking
+        parts = [chunk(feats, m, level, at=pos[i:j]) for i, j in ((0, 7), (7, 8), (8, n))]
+        assert torch.equal(torch.cat([p[m] for p in parts]), a[m])
+    n1 = chunk(feats, 1, 1.0)[1] - clean[1]
+    n2 = chunk(feats, 1, 2.0)[1] - clean[1]
+    assert torch.allclose(n2, 2 * n1, atol=1e-5)                    # the same draw, scaled by the level
     # a modality's noise does not depend on the other modalities (nor, so, on the method's inputs)
     other = tiny_features(n=100, dims=(9, 4, 3), n_classes=3)
-    d, _ = robustness.corrupted_copies(other, idx, levels=(0.0, 1.0, 2.0), seed=7)
-    assert torch.allclose(d.views[1][6 * n:7 * n] - other.views[1][idx], n1, atol=1e-6)
-    e, _ = robustness.corrupted_copies(feats, idx, levels=(0.0, 1.0, 2.0), seed=8)
-    assert not torch.equal(e.views[1][6 * n:7 * n], a.views[1][6 * n:7 * n])
+    assert torch.allclose(chunk(other, 1, 1.0)[1] - other.views[1][idx], n1, atol=1e-6)
+    assert not torch.equal(chunk(feats, 1, 1.0, seed=8)[1], n1 + clean[1])   # the noise seed matters
+    # the draw is the one the stacked sweep made: torch's generator seeded with seed * 1000 + m,
+    # one (n, d) draw over the whole test split
+    g = torch.Generator().manual_seed(7 * 1000 + 1)
+    assert torch.equal(chunk(feats, 1, 1.0)[1], clean[1] + torch.randn(clean[1].shape, generator=g))
+
+
+def _old_feature_sweep(built, feats, test, levels, seed, batch_size):
+    """The sweep as the stacked path computed it on a feature file before the data-set protocol: the
+    clean test split and, per modality, one copy per level (m + level x one torch draw seeded
+    seed * 1000 + m) and one with m zeroed, stacked and passed through the model in batches of
+    `batch_size` rows; one accuracy per block."""
+    from dyncim.data.features import FeatureSet
+    from dyncim.train.inference import evaluate_split
+    n = len(test)
+    clean = [v[test] for v in feats.views]
+    stacked, n_blocks = [[x] for x in clean], 1
+    for m in range(len(feats.names)):
+        noise = torch.randn(clean[m].shape, generator=torch.Generator().manual_seed(seed * 1000 + m))
+        variants = [clean[m] + level * noise for level in levels] + [torch.zeros_like(clean[m])]
+        n_blocks += len(variants)
+        for k, x in enumerate(clean):
+            stacked[k] += variants if k == m else [x] * len(variants)
+    big = FeatureSet(list(feats.names), feats.n_classes, [torch.cat(s) for s in stacked],
+                     feats.labels[test].repeat(n_blocks), torch.full((n * n_blocks,), 2, dtype=torch.int8), None)
+    part, _, method, model = built[0]
+    fused, _, _ = evaluate_split(model, method, big, torch.arange(n * n_blocks), batch_size)
+    return (fused.argmax(1) == big.labels).view(n_blocks, n).float().mean(1).tolist()
+
+
+def test_the_one_sweep_gives_the_stacked_sweeps_numbers_on_a_feature_file(pipeline, tmp_path):
+    from dyncim.data.features import load
+    from dyncim.evaluate import load_run
+    root, params, fpath = pipeline
+    levels = (0.0, 0.5, 3.0)
+    rec = robustness.sweep(params, "tiny", fpath, root=root, levels=levels, seed=4)
+    assert rec["unit"] == "noise std in units of the modality's train feature std; missing = zeros (train mean)"
+    assert set(rec) == {"data", "names", "methods", "levels", "noise_seed", "n_test", "unit", "runs", "skipped",
+                        "summary"}
+    feats = load(fpath)
+    test = feats.index("test")
+    for method, seeds in rec["runs"].items():
+        for s, r in seeds.items():
+            ck, built = load_run(root / paths.best_model("tiny", method, int(s)), feats, "cpu")
+            for bs in (ck["train_cfg"]["eval_batch_size"], 10):    # batches across the blocks, or not
+                old = _old_feature_sweep(built, feats, test, levels, 4, bs)
+                new = [r["clean"]] + [x for name in rec["names"]
+                                      for x in r["modalities"][name]["levels"] + [r["modalities"][name]["missing"]]]
+                assert new == old, (method, s, bs)

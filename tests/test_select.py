@@ -65,7 +65,7 @@ def selected(tmp_path_factory):
             feats.labels[test] = (feats.labels[test] + 1) % 3
         fpath = root / "features.pt"
         _save(feats, fpath)
-        train_job(_params(), "mfeat-pix-zer", "joint", [0, 1, 2], fpath, root)
+        train_job(C.train_job(_params(), "mfeat-pix-zer", "joint"), "mfeat-pix-zer", "joint", [0, 1, 2], fpath, root)
         out[name] = (root, feats)
     return out
 
@@ -118,7 +118,8 @@ def test_a_rerun_resumes_every_run_instead_of_retraining(selected, tmp_path):
     shutil.copytree(root, work)
     lasts = sorted(work.rglob("last*.pt"))
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in lasts}
-    train_job(_params(), "mfeat-pix-zer", "joint", [0, 1, 2], work / "features.pt", work)
+    train_job(C.train_job(_params(), "mfeat-pix-zer", "joint"), "mfeat-pix-zer", "joint", [0, 1, 2],
+              work / "features.pt", work)
     after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in lasts}
     # the candidates' and seed 2's checkpoints untouched (nothing trained); the winner's are copied
     # again onto seeds 0 and 1, byte for byte

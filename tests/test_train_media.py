@@ -83,10 +83,11 @@ def test_train_job_and_evaluation_from_a_store_folder(tmp_path):
     store = av_store(tmp_path / "store", sizes=(12, 6, 6))
     mcfg = method_cfg("dyncim")
     params = {"device": "cpu", "threads": 1, "seeds": [0], "split": {"train": 0.6, "val": 0.2, "seed": 0},
+              "resident_fraction": 0.5,
               "train": {**C.TRAIN_DEFAULTS, **TCFG},
               "datasets": {"av": {"source": "crema-d"}}, "methods": {"dyncim": {**mcfg, "seeds": [0]}},
               "run": {"datasets": ["av"], "methods": ["dyncim"]}}
-    [best] = train_job(params, "av", "dyncim", [0], store, tmp_path)
+    [best] = train_job(C.train_job(params, "av", "dyncim"), "av", "dyncim", [0], store, tmp_path)
     ck = torch.load(best, weights_only=False)
     assert ck["names"] == ["audio", "visual"] and ck["parts"][0]["in_dims"] == [(1, 32, 24), (2, 3, 16, 16)]
     [out] = evaluate_data(params, "av", store, tmp_path)

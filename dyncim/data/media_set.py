@@ -1,6 +1,8 @@
 """Training and evaluation straight from a feature store (`dyncim.data.store`): `MediaSet`, the
-store-backed counterpart of `FeatureSet` (same interface: names, n_classes, labels, split,
-corrupted, index, to, subset, shapes, and `batch(idx, train, generator)` for the model inputs).
+store-backed counterpart of `FeatureSet`; both are data sets of the protocol
+`dyncim.data.dataset.DataSet` (names, n_classes, labels, split, corrupted, multilabel, index, to,
+subset, shapes, `batch(idx, train, generator)` for the model inputs, and what the robustness
+sweep corrupts the inputs with).
 
 One index space over the store's train / val / test split folders, in that order, with the split
 codes of FeatureSet (train 0, val 1, test 2); clips that failed to decode (index `ok=0`, zero rows)
@@ -30,6 +32,16 @@ of the device's free memory (smallest first) is copied there once, in its stored
 float16: 2-4x smaller than the model inputs), and batches are gathered on the device; any other
 array stays memory-mapped and each batch is gathered on the host into pinned memory and copied
 asynchronously. On the CPU, batches are gathered from the memory maps.
+
+Robustness (dyncim.robustness): the unit of a modality is the std of its *model inputs* on train,
+and a missing modality is every input value at their train mean: the mean and std of every input
+value over (up to) the first 512 train samples in index order, evaluation transform
+(`dyncim.data.dataset.input_stats`, computed once per set and device); for frames, the
+ImageNet-normalised pixel values; for spectrograms, the log-magnitudes (log |STFT| or log
+filterbank energies, as stored); for sequences and vectors, the stored features. The noise is
+drawn per sample, shaped like one sample's input, from a generator seeded by (noise seed,
+modality index, the sample's position in the test split): it does not depend on the method, the
+run, the chunking or the device (drawn on the host).
 """
 from __future__ import annotations
 
@@ -41,6 +53,7 @@ import torch
 
 from ..train.augment import FlowAugment, FrameAugment
 from . import store as S
+from .dataset import corrupt_modality, input_stats
 from .splits import SPLITS
 
 ORDER = ("text", "audio", "frames", "vision")
@@ -113,6 +126,7 @@ class MediaSet:
         self.labels, self.split, self.aspect = (t.to(self.device) for t in (labels, split, aspect))
         self.part, self.row, self.clips = part, row, clips  # host: which store split and row each sample is
         self.resident_fraction = resident_fraction
+        self._input_stats = None   # corruption_stats, once computed
 
     def __len__(self) -> int:
         return len(self.row)
@@ -217,6 +231,47 @@ class MediaSet:
                     x = x.unsqueeze(1)
             xs.append(x)
         return xs
+
+    # --- the robustness sweep (dyncim.data.dataset; see the module docstring) ------------------
+    def corruption_stats(self) -> list[dict]:
+        """Per modality the train mean and std of its model inputs and the number of samples
+        they are taken over (`input_stats`), computed on the first call."""
+        if self._input_stats is None:
+            self._input_stats = input_stats(self)
+        return self._input_stats
+
+    def corruption_noise(self, m: int, pos: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+        """One unit draw per sample (`sample_noise`; `n` plays no part)."""
+        shape = self.shapes[m]
+        return sample_noise((len(pos), *((shape,) if isinstance(shape, int) else shape)), pos, m, seed
+                            ).to(self.device)
+
+    def corrupt(self, xs: list[torch.Tensor], m: int, level, noise: torch.Tensor | None = None
+                ) -> list[torch.Tensor]:
+        return corrupt_modality(xs, m, level, self.corruption_stats()[m], noise)
+
+    def corruption_record(self) -> dict:
+        what = {"frames": "ImageNet-normalised pixel values", "spectrogram": "log-magnitudes",
+                "sequence": "stored sequence features", "flow": "optical flow / its bound"}
+        kinds = "; ".join(f"{m.name}: {what.get(m.kind, m.kind)}" for m in self.mods)
+        stats = self.corruption_stats()
+        n = stats[0]["n_samples"] if stats else 0
+        return {"unit": f"noise std in units of the modality's train input std (every model-input value of the "
+                        f"first {n} train samples, evaluation transform; {kinds}); missing = every input value "
+                        f"at the modality's train input mean (input_stats)",
+                "input_stats": dict(zip(self.names, stats))}
+
+
+def sample_noise(shape: tuple, pos, m: int, seed: int) -> torch.Tensor:
+    """Unit Gaussian noise of `shape` (one row per sample), on the host, row i drawn from a
+    generator seeded by (seed, m, pos[i]): pos = the samples' positions in the test split, m =
+    the modality's index in the data set. The same values whatever the chunking, order, method or
+    device. (numpy's SeedSequence keys the stream with every bit; torch's CPU generator keeps
+    only the low 32 bits of its seed.)"""
+    out = np.empty(tuple(shape), dtype=np.float32)
+    for i, p in enumerate(torch.as_tensor(pos).tolist()):
+        np.random.default_rng([seed, m, p]).standard_normal(out=out[i], dtype=np.float32)
+    return torch.from_numpy(out)
 
 
 def open_media(root: str | Path, resident_fraction: float = 0.5, mmap: bool = True) -> MediaSet:

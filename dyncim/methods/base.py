@@ -17,6 +17,12 @@ split indices, training config, `run.evaluate(index)`, `run.make_optimizer(group
     method.on_epoch_end(run)    # statistics, re-initialisation, weight updates
     method.log(writer, step)    # TensorBoard; step = the number of epochs done (1-based)
 
+and once per evaluated run, after training (dyncim.evaluate, on the model chosen on validation,
+eval mode, no gradients; runs of one part only):
+
+    method.diagnostics(model, data, test_idx, batch_size)   # the method's own test-split figures
+                                                             # (the report's `diagnostics`); default {}
+
 Whatever `loss` computes for `backward` / `after_backward` travels in the StepResult, never in
 attributes of the method.
 """
@@ -135,6 +141,13 @@ class Method:
     # --- inference (no labels) ----------------------------------------------------------------
     def predict(self, model, out) -> torch.Tensor:
         return out.fused
+
+    def diagnostics(self, model, data, index: torch.Tensor, batch_size: int | None = None) -> dict:
+        """The method's own figures on `data`'s samples `index` (the test split; `data`: a
+        dyncim.data.dataset.DataSet), for the evaluation record's `diagnostics`: {name: number}.
+        `batch_size`: forward passes in batches of that size (None: all of `index` at once).
+        Default: none ({}, and the record has no `diagnostics`)."""
+        return {}
 
     # --- state saved in resume checkpoints ----------------------------------------------------
     def state_dict(self) -> dict:

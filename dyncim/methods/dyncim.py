@@ -12,12 +12,14 @@ exact signals, the EMA history, the signal weights, GMR/HMIR as running statisti
 gate inputs and its normalisation across modalities, the modality rebalancing
 α·L_fused + (1−α)·Σ_m β_m·L_m, and the pace schedule.
 
-Two implementations of the same objective, chosen by the params key `impl`:
+Two implementations of the same objective, chosen by the params key `impl` (the method
+catalog's entry, dyncim.methods.catalog, maps it to the class `dyncim.methods.build` makes):
 - `fused` (this module, the default): loss and gradients in closed form, built for speed;
-- `reference` (dyncim/methods/dyncim_reference.py): plain autograd, one function per paper
-  component, written to be read and changed. tests/test_dyncim_reference.py checks that the two
-  give the same loss, gradients and state step after step, for every switch. Both keep the same
-  per-sample memory and modality statistics, so their checkpoints are interchangeable.
+- `reference` (dyncim/methods/dyncim_reference.py, a subclass of this one; this module does not
+  import it): plain autograd, one function per paper component, written to be read and changed.
+  tests/test_dyncim_reference.py checks that the two give the same loss, gradients and state
+  step after step, for every switch. Both keep the same per-sample memory and modality
+  statistics, so their checkpoints are interchangeable.
 
 All curriculum work is batched tensor work on the training device: per-sample state is indexed by
 the data set index, there is no Python loop over samples and no host-device synchronisation.
@@ -170,16 +172,13 @@ class DynCIM(Method):
     min_modalities = 2
     fusion = "sum"  # per-modality heads z^m; the fused prediction is the gated sum
     supports_gate_input_grad = False   # the closed-form gradients treat the gate's inputs as constants
-
-    def __new__(cls, cfg=None, ctx=None):
-        """`impl: reference` builds the plain-autograd implementation (dyncim_reference.py)."""
-        if cls is DynCIM and cfg is not None and cfg.get("impl", "fused") == "reference":
-            from .dyncim_reference import DynCIMReference
-            cls = DynCIMReference
-        return super().__new__(cls)
+    impl = "fused"                     # the params' `impl` this class implements
 
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
+        if cfg.get("impl", "fused") != self.impl:
+            raise ValueError(f"dyncim: impl {cfg['impl']!r} is not {type(self).__name__} (impl: {self.impl}); "
+                             f"build the method with dyncim.methods.build, which picks the class")
         if cfg["gate_input_grad"] and not self.supports_gate_input_grad:
             raise ValueError("dyncim: gate_input_grad needs impl: reference (the fused step's "
                              "closed-form gradients treat the gate's inputs as constants)")

@@ -228,6 +228,7 @@ class DynCIMReference(DynCIM):
     """DynCIM with plain autograd (`impl: reference`); see the module docstring."""
 
     supports_gate_input_grad = True
+    impl = "reference"
 
     # modality level (from the statistics before the step; frozen at inference)
     def modality_curriculum(self, st):

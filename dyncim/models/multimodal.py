@@ -6,7 +6,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import TRAIN_DEFAULTS
 from .encoders import Encoder, MLPEncoder
 from .fusion import FUSIONS
 
@@ -43,12 +42,16 @@ class MultimodalModel(nn.Module):
 
 
 ENCODERS = ("mlp", "resnet18", "transformer", "lstm", "auto")
+# The encoder of a training configuration without `encoder` (tests pass partial ones): the schema's
+# `$defs/train/encoder` default, written here too so that importing the models reads no schema
+# (tests/test_models.py checks that the two agree).
+DEFAULT_ENCODER = "auto"
 
 
 def encoder_kind(shape, train_cfg: dict) -> str:
     """The configured encoder; `auto` picks by input rank: mlp for vectors, transformer for
     (T, d) sequences, resnet18 for (C, H, W) images and (T, C, H, W) frame stacks."""
-    kind = train_cfg.get("encoder", TRAIN_DEFAULTS["encoder"])   # tests may pass a partial config
+    kind = train_cfg.get("encoder", DEFAULT_ENCODER)   # tests may pass a partial config
     if kind == "auto":
         rank = 1 if isinstance(shape, int) else len(shape)
         return "mlp" if rank == 1 else "transformer" if rank == 2 else "resnet18"

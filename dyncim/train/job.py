@@ -10,6 +10,10 @@ dyncim.paths puts them:
 and, written last, the job's declared output models/<data>/<method>/manifest.json.
 A method with candidate settings (`select`) first trains and compares them on validation
 (dyncim.train.select), under models/<data>/<method>/select/ and runs/<data>/<method>/select/.
+
+The job's configuration is the one the rule resolved (dyncim.config.train_job, `--job`): its
+`train` and `methods.<method>` entries are the run's training and method configuration, read as
+they are, never resolved again.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import csv
 import functools
 import hashlib
 import io
+import json
 from pathlib import Path
 
 import torch
@@ -24,8 +29,9 @@ import torch
 from .. import config as C
 from .. import paths
 from ..atomic import torch_save, write_json, write_text
-from ..data import features
-from ..data.media_set import MediaSet, load_data
+from ..data.dataset import DataSet
+from ..data.media_set import load_data
+from ..device import pick_device
 from ..methods import method_class
 from . import select
 from .loop import Trainer
@@ -40,12 +46,24 @@ def code_version() -> str:
     return h.hexdigest()[:16]
 
 
-def pick_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"params.yaml: device: {spec!r}, but CUDA is not available here; use auto or cpu")
-    return torch.device(spec)
+def method_config(job: dict, method: str) -> dict:
+    """The job's method configuration: its `methods.<method>` entry without the seeds."""
+    return {k: v for k, v in job["methods"][method].items() if k != "seeds"}
+
+
+def run_fingerprint(job: dict, data: str, mcfg: dict) -> str:
+    """Everything that determines one run's result, as canonical JSON (the resume checkpoint's
+    configuration check): the job's data set, split and training configuration, and `mcfg`, the
+    method configuration trained (a `select` candidate's, or the job's). The same text as
+    dyncim.config.run_fingerprint of the params the job was resolved from (tests/test_train_job.py)."""
+    return json.dumps({"data": job["datasets"][data], "split": job["split"], "train": job["train"],
+                       "method": mcfg}, sort_keys=True)
+
+
+def _check_job(job: dict, data: str, method: str) -> None:
+    if job.get("run") != {"datasets": [data], "methods": [method]} or set(job.get("datasets", ())) != {data}:
+        raise ValueError(f"train {data} x {method}: expected that job's configuration (dyncim.config.train_job, "
+                         f"what --job carries), got run {job.get('run')}")
 
 
 def run_paths(root: Path, data: str, method: str, seed: int, variant: str = "") -> dict[str, Path]:
@@ -60,22 +78,24 @@ def run_paths(root: Path, data: str, method: str, seed: int, variant: str = "") 
             "curves": root / paths.curves_file(data, method, seed)}
 
 
-def train_seed(params: dict, data: str, method: str, seed: int, feats: features.FeatureSet | MediaSet,
+def train_seed(job: dict, data: str, method: str, seed: int, feats: DataSet,
                root: Path, device: torch.device) -> Path:
-    return _train_seed(params, data, method, seed, feats, root, device)[0]
+    """Train (or resume) one run of the train job `job` (dyncim.config.train_job)."""
+    _check_job(job, data, method)
+    return _train_seed(job, data, method, seed, feats, root, device)[0]
 
 
-def _train_seed(params: dict, data: str, method: str, seed: int, feats: features.FeatureSet | MediaSet,
+def _train_seed(job: dict, data: str, method: str, seed: int, feats: DataSet,
                 root: Path, device: torch.device, mcfg: dict | None = None, variant: str = "",
                 selection: dict | None = None) -> tuple[Path, list[dict]]:
     """Train (or resume) one run; `mcfg`: the method configuration to train (default: the
-    params'); `variant`: a selection candidate's path label; `selection`: the record saved with it."""
-    mcfg = C.method_config(params, method, data) if mcfg is None else mcfg
-    tcfg = C.train_config(params, data, method)
+    job's); `variant`: a selection candidate's path label; `selection`: the record saved with it."""
+    mcfg = method_config(job, method) if mcfg is None else mcfg
+    tcfg = job["train"]
     where = run_paths(root, data, method, seed, variant)
     label = f"{method}/{variant}" if variant else method   # where dyncim.paths puts this run's files
-    fingerprint = C.run_fingerprint(params, data, method, mcfg) + code_version()
-    parts = method_class(mcfg["type"]).parts(len(feats.names))
+    fingerprint = run_fingerprint(job, data, mcfg) + code_version()
+    parts = method_class(mcfg["type"], mcfg.get("impl")).parts(len(feats.names))
     saved, rows = [], []
     for modalities in parts:
         sub = feats.subset(modalities) if len(modalities) < len(feats.names) else feats
@@ -110,31 +130,34 @@ def _write_curves(path: Path, rows: list[dict]) -> None:
     write_text(path, buf.getvalue())
 
 
-def train_job(params: dict, data: str, method: str, seeds: list[int], features_path: Path,
+def train_job(job: dict, data: str, method: str, seeds: list[int], features_path: Path,
               root: Path = Path("."), manifest: Path | None = None) -> list[Path]:
-    """`params`: resolved params, or a train job's configuration (dyncim.config.train_job).
-    `features_path`: the data configuration's feature file (a FeatureSet), or the folder of its
-    feature store (`<root>/{train,val,test}/`, a MediaSet: see dyncim.data.media_set)."""
-    torch.set_num_threads(params["threads"])
-    device = pick_device(params["device"])
-    feats = load_data(features_path, params.get("resident_fraction", 0.5))
-    ds = params["datasets"][data]
+    """`job`: the train job's configuration (dyncim.config.train_job(params, data, method), what
+    the rule passes as `--job`), used as it is. `features_path`: the data configuration's feature
+    file (a FeatureSet), or the folder of its feature store (`<root>/{train,val,test}/`, a
+    MediaSet: see dyncim.data.media_set)."""
+    _check_job(job, data, method)
+    torch.set_num_threads(job["threads"])
+    device = pick_device(job["device"])
+    feats = load_data(features_path, job.get("resident_fraction", 0.5))
+    ds = job["datasets"][data]
     if ds["source"] in ("mfeat", "synthetic"):
         want = C.n_modalities(ds)
         if len(feats.names) != want:
             raise ValueError(f"{features_path}: has {len(feats.names)} modalities, params.yaml's "
                              f"datasets.{data} has {want}; rerun the features step")
     feats = feats.to(device)  # once per job: a store is copied onto the device once, for every seed
-    mcfg, selection = C.method_config(params, method, data), None
+    mcfg, selection = method_config(job, method), None
     if "select" in mcfg:
         def fit(seed, cand, label):
-            return _train_seed(params, data, method, seed, feats, root, device, cand, label)[1]
+            return _train_seed(job, data, method, seed, feats, root, device, cand, label)[1]
         mcfg, selection = select.run(mcfg, data, method, seeds, root, fit)
-    best = [_train_seed(params, data, method, s, feats, root, device, mcfg, selection=selection)[0]
+    best = [_train_seed(job, data, method, s, feats, root, device, mcfg, selection=selection)[0]
             for s in seeds]
     # The job's declared output, written last: it exists only when every seed is done.
     write_json(manifest or root / paths.manifest(data, method),
-               {"data": data, "method": method, "seeds": {str(s): str(p) for s, p in zip(seeds, best)},
+               {"data": data, "method": method, "device": str(device),
+                "seeds": {str(s): str(p) for s, p in zip(seeds, best)},
                 **({"selection": selection} if selection else {})})
     return best
 
