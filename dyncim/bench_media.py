@@ -210,7 +210,7 @@ def bench_loading(clips, split_dir: str | Path, recipe="crema-d", batch_size: in
 
     from .data import extract as E
     from .data.store import open_split
-    from .train.augment import FrameAugment
+    from .data.augment import FrameAugment
     if threads:
         torch.set_num_threads(threads)
     recipe = E.get_recipe(recipe)

@@ -8,7 +8,7 @@ from dyncim import bench_media as B
 from dyncim.data import extract as E
 from dyncim.data import media as M
 from dyncim.data.store import open_split
-from dyncim.train.augment import FrameAugment
+from dyncim.data.augment import FrameAugment
 
 N = 4
 CLASSES = ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")

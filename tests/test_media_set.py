@@ -6,7 +6,7 @@ import torch
 
 from dyncim.data import store as S
 from dyncim.data.media_set import MediaSet, load_data, open_media
-from dyncim.train.augment import IMAGENET_MEAN, IMAGENET_STD
+from dyncim.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from tests.conftest import tiny_features
 from tests.media_store import av_store, mosei_store
 

@@ -10,7 +10,7 @@
   frames at 1 fps, a 3.0 s clip 3; at least one), thinned to `max_frames` evenly spaced ones, and
   resized by libswscale to a fixed size (the whole picture, aspect not kept: the peers' test-time
   `Resize((224, 224))`); the display aspect ratio of the source is returned so that training crops
-  can follow the source's geometry (`dyncim.train.augment`).
+  can follow the source's geometry (`dyncim.data.augment`).
 - `encode_video` / `encode_wav` / `write_synthetic_layout`: small synthetic media (solid colours
   changing once a second, a sine tone) in the real layouts, for tests and benchmarks; no data set
   is ever downloaded by them.

@@ -10,7 +10,7 @@ are left out. The modalities are the store's arrays (`frames` is called `visual`
 audio, visual, vision, then any other by name. Each array's kind follows from its dtype and shape:
 
   frames       uint8 (T, H, W, 3), stored channels-last: a batch is gathered as uint8, moved to
-               the device and transformed there by `dyncim.train.augment.FrameAugment`: training
+               the device and transformed there by `dyncim.data.augment.FrameAugment`: training
                batches get a random resized crop and flip per frame (crop shapes drawn in the
                clip's source aspect, from the store's index) drawn from the generator the trainer
                passes (its state is saved with the run); evaluation batches the whole picture.
@@ -18,7 +18,7 @@ audio, visual, vision, then any other by name. Each array's kind follows from it
   spectrogram  float16 (F, T) or (1, F, T): float32 (B, 1, F, T), converted on the device.
   sequence     float32 (T, d) (CMU-MOSEI, `dyncim.data.mosei.write_mosei_store`): as stored.
   flow         uint8 (T, H, W, 2), optical flow (UCF-101, `dyncim.data.flow`: 128 = no motion),
-               stored channels-last: transformed on the device by `dyncim.train.augment.FlowAugment`
+               stored channels-last: transformed on the device by `dyncim.data.augment.FlowAugment`
                (training: crop and flip per field, a flip negating the x component; evaluation:
                the whole field), de-quantised to flow / bound in [-1, 1]: float32 (B, T, 2, S, S).
   vector       float32 (d,) (frozen pretrained features, `dyncim.data.image_text`): as stored; the
@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..train.augment import FlowAugment, FrameAugment
+from .augment import FlowAugment, FrameAugment
 from . import store as S
 from .dataset import corrupt_modality, input_stats
 from .splits import SPLITS
