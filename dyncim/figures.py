@@ -219,6 +219,43 @@ def robustness(record: dict, out, title: str = "") -> Path:
 
 # --- reading what the pipeline wrote ---------------------------------------------------------
 
+def critical_difference(summary: dict, out, title: str = "") -> Path:
+    """A critical-difference diagram (Demšar 2006, Fig. 1) of `summary` (dyncim.ranks.summarise):
+    the methods on an axis of mean rank (1, the best, on the left), the CD as a bar above it, and a
+    thick line under each group of methods no further apart than the CD."""
+    methods, ranks, cd = summary["methods"], summary["mean_rank"], summary["cd"]
+    k = len(methods)
+    half = (k + 1) // 2
+    fig, ax = _subplots(figsize=(8, 2.2 + 0.26 * half))
+    ax.set_xlim(0.5, max(k, 2) + 0.5)
+    ax.set_ylim(-(half + 1.5), 2.5)
+    ax.hlines(0, 1, max(k, 2), color="black")
+    for r in range(1, max(k, 2) + 1):
+        ax.vlines(r, 0, 0.2, color="black")
+        ax.text(r, 0.35, str(r), ha="center", va="bottom", fontsize=8)
+    for i, (m, r) in enumerate(zip(methods, ranks)):
+        left = i < half
+        y = -(i + 1) if left else -(k - i)
+        x_text = 0.6 if left else max(k, 2) + 0.4
+        color = REFERENCE_COLORS.get(m, "0.2")
+        ax.plot([r, r, x_text], [0, y, y], color=color, lw=0.8)
+        ax.text(x_text, y, f"{m} ({r:.2f})", ha="right" if left else "left", va="center", fontsize=8,
+                color=color, clip_on=False)
+    if cd is not None:
+        ax.plot([1, min(1 + cd, max(k, 2))], [1.6, 1.6], color="black", lw=2)
+        ax.text(1, 1.8, f"CD = {cd:.2f} (Nemenyi, α = {summary['alpha']})", ha="left", va="bottom", fontsize=8)
+    pos = dict(zip(methods, ranks))
+    for j, group in enumerate(summary["cliques"]):
+        y = -0.35 - 0.25 * j
+        ax.plot([pos[group[0]] - 0.05, pos[group[-1]] + 0.05], [y, y], color="0.1", lw=3)
+    ax.axis("off")
+    fr = summary["friedman"]
+    note = (f"Friedman χ² = {fr['chi2']:.2f}, p = {fr['p']:.3g}" if fr["p"] is not None else fr["note"])
+    ax.set_title(title or f"mean rank over {len(summary['datasets'])} data sets ({note})", fontsize=9)
+    fig.subplots_adjust(left=0.2, right=0.8, top=0.88, bottom=0.02)
+    return _save(fig, out)
+
+
 def read_curve(path: str | Path) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))

@@ -14,7 +14,7 @@ import json
 import os
 from pathlib import Path
 
-from . import paths, sanity, stats
+from . import paths, ranks, sanity, stats
 from .atomic import write_text
 
 REFERENCES = ("joint", "dyncim")
@@ -245,8 +245,55 @@ def data_section(params: dict, data: str, runs: dict, out: Path, robustness: dic
     return lines
 
 
+def ablations(params: dict, methods) -> set[str]:
+    """DynCIM's ablations among `methods`: the instances of type dyncim other than `dyncim`."""
+    return {m for m in methods if params["methods"][m]["type"] == "dyncim" and m != "dyncim"}
+
+
+def field_means(all_runs: dict, params: dict) -> dict:
+    """{data: {method: mean test figure over seeds}}: accuracy, or micro-F1 on a multi-label set
+    (the figure each data set's table ranks by); methods without a fused figure, and DynCIM's
+    ablations (each data set's ablation table has them), left out."""
+    out = {}
+    for data, runs in all_runs.items():
+        first, skip = stats.primary_metric(runs), ablations(params, runs)
+        out[data] = {m: s["mean"] for m, v in stats.per_seed(runs, first).items()
+                     if m not in skip and (s := stats.summary(v.values()))}
+    return out
+
+
+def field_section(summary: dict, out: Path, figure: str | Path | None) -> list[str]:
+    """The first section: every method's mean rank over the run's data sets, the Friedman test and
+    the Nemenyi critical difference (dyncim.ranks), and the critical-difference diagram."""
+    datasets, fr, cd = summary["datasets"], summary["friedman"], summary["cd"]
+    lines = ["## The field at a glance", "",
+             f"Each data set ranks the methods by their mean test figure over seeds (1 = best; ties share "
+             f"the mean of their ranks); the mean rank is over the {len(datasets)} data set(s) of this run, "
+             f"for the {len(summary['methods'])} methods with a fused figure on every one (DynCIM's ablations "
+             f"are in each data set's ablation table).", ""]
+    rows = [[m, f"{r:.2f}", *(f"{summary['ranks'][d][m]:g}" for d in datasets)]
+            for m, r in zip(summary["methods"], summary["mean_rank"])]
+    lines += _table(["method", "mean rank", *datasets], rows) + [""]
+    if fr["p"] is None:
+        lines += [f"No Friedman test: it {fr['note']}.", ""]
+    else:
+        f_text = (f"; Iman and Davenport's F = {fr['F']:.2f}, {_fmt_p(fr['p_F'])}" if fr["F"] is not None
+                  else "; every data set ranks the methods alike")
+        lines += [f"Friedman test (are all methods alike?): χ² = {fr['chi2']:.2f}, {_fmt_p(fr['p'])}{f_text}. "
+                  f"Nemenyi post-hoc at α = {summary['alpha']}: two methods whose mean ranks differ by "
+                  f"{cd:.2f} (the critical difference) or more differ significantly; "
+                  + (f"{len(summary['cliques'])} group(s) of methods lie within it (the bars of the diagram). "
+                     if summary["cliques"] else "no two methods lie within it. ")
+                  + f"With {len(datasets)} data set(s) the critical difference is wide: only a method that "
+                  f"ranks far apart on every data set stands out.", ""]
+    if figure is not None:
+        lines += [_link(figure, out, "critical-difference diagram of the mean ranks"), ""]
+    return lines
+
+
 def build(params: dict, out: str | Path = paths.REPORT, root: str | Path = ".",
-          robustness: dict | None = None, figures: dict | None = None, ranges: dict | None = None) -> str:
+          robustness: dict | None = None, figures: dict | None = None, ranges: dict | None = None,
+          ranks_figure: str | Path | None = None) -> str:
     """REPORT.md's text. `params`: resolved params or a report job's configuration (run.datasets,
     run.methods, methods.<m>.type and .seeds); evaluation JSONs are read under `root`
     (dyncim.paths); `robustness`: {data: robustness JSON path}; `figures`: {data: {kind: PNG path}}
@@ -265,16 +312,23 @@ def build(params: dict, out: str | Path = paths.REPORT, root: str | Path = ".",
              "seeds cannot tell from seed-to-seed variation (not evidence that the methods are equal). Over n "
              f"seeds the test has n − 1 degrees of freedom{_typical_n(params)}, so only large, consistent "
              "differences pass; p-values are not corrected for the many comparisons.", ""]
-    for data in params["run"]["datasets"]:
-        runs = stats.load_runs(params, data, root)
+    all_runs = {data: stats.load_runs(params, data, root) for data in params["run"]["datasets"]}
+    summary = ranks.summarise(field_means(all_runs, params))
+    if ranks_figure is not None:
+        from . import figures as FIG
+        FIG.critical_difference(summary, ranks_figure)
+    lines += field_section(summary, out, ranks_figure)
+    for data, runs in all_runs.items():
         rob = json.loads(Path(robustness[data]).read_text()) if data in robustness else None
         lines += data_section(params, data, runs, out, rob, figures.get(data), ranges)
     return "\n".join(lines).rstrip() + "\n"
 
 
 def write(params: dict, out: str | Path = paths.REPORT, root: str | Path = ".",
-          robustness: dict | None = None, figures: dict | None = None, ranges: dict | None = None) -> str:
-    """Build REPORT.md (see `build`) and write it atomically to `out`."""
-    text = build(params, out, root, robustness, figures, ranges)
+          robustness: dict | None = None, figures: dict | None = None, ranges: dict | None = None,
+          ranks_figure: str | Path | None = None) -> str:
+    """Build REPORT.md (see `build`; `ranks_figure`: where the critical-difference diagram is
+    drawn, None: not drawn) and write it atomically to `out`."""
+    text = build(params, out, root, robustness, figures, ranges, ranks_figure)
     write_text(out, text)
     return text

@@ -118,6 +118,41 @@ def tables(section: str) -> list[list[list[str]]]:
     return out
 
 
+def check_field(section: str, p: dict, root: Path, seeds: dict) -> set[str]:
+    """The first section, recomputed: each data set ranks the methods with a fused accuracy (DynCIM's
+    ablations aside) by mean accuracy over seeds, ties sharing their mean rank; the mean ranks; the
+    Friedman test and the Nemenyi critical difference from scipy directly. Returns its numbers."""
+    from scipy import stats as S
+    datasets = p["run"]["datasets"]
+    methods = [m for m in p["run"]["methods"] if not (p["methods"][m]["type"] == "dyncim" and m != "dyncim")]
+    means = {}
+    for d in datasets:
+        for m in methods:
+            accs = [json.loads((root / paths.eval_file(d, m, s)).read_text()).get("acc") for s in seeds[m]]
+            if None not in accs:
+                means.setdefault(m, {})[d] = statistics.fmean(accs)
+    methods = [m for m in methods if len(means.get(m, {})) == len(datasets)]
+    ranks = {d: dict(zip(methods, S.rankdata([-means[m][d] for m in methods]))) for d in datasets}
+    mean_rank = {m: statistics.fmean(ranks[d][m] for d in datasets) for m in methods}
+    order = sorted(methods, key=lambda m: mean_rank[m])
+    (table,) = tables(section)
+    assert table[0] == ["method", "mean rank", *datasets]
+    want = [[m, f"{mean_rank[m]:.2f}", *(f"{ranks[d][m]:g}" for d in datasets)] for m in order]
+    assert table[1:] == want
+    k, n = len(methods), len(datasets)
+    chi2 = S.friedmanchisquare(*[[ranks[d][m] for d in datasets] for m in methods])[0]
+    cd = S.studentized_range.ppf(0.95, k, float("inf")) / 2 ** 0.5 * (k * (k + 1) / (6 * n)) ** 0.5
+    assert f"χ² = {chi2:.2f}, {report_md._fmt_p(S.chi2.sf(chi2, k - 1))}" in section
+    if n * (k - 1) - chi2 > 1e-12:
+        f = (n - 1) * chi2 / (n * (k - 1) - chi2)
+        assert f"F = {f:.2f}, {report_md._fmt_p(S.f.sf(f, k - 1, (k - 1) * (n - 1)))}" in section
+    else:   # the data sets rank the methods alike: Iman and Davenport's F is infinite
+        assert "every data set ranks the methods alike" in section
+    assert f"{cd:.2f} (the critical difference)" in section
+    nums = set(NUM.findall(" ".join(" ".join(r) for r in table)))
+    return nums | set(NUM.findall(section.split("\n\n", 3)[-1]))   # the test's sentence (p, F, counts)
+
+
 def check_report(text: str, p: dict, root: Path, out: Path, rob: dict, figs: dict) -> dict:
     """Recompute every number of REPORT.md `text` from the evaluation JSONs under `root` and the
     robustness records `rob` ({data: path}) for the run list of job configuration `p`; check the
@@ -128,7 +163,8 @@ def check_report(text: str, p: dict, root: Path, out: Path, rob: dict, figs: dic
     seeds = {m: p["methods"][m]["seeds"] for m in methods}
     expected_numbers = set()
     sections = text.split("\n## ")[1:]
-    assert [s.split("\n")[0] for s in sections] == p["run"]["datasets"]
+    assert [s.split("\n")[0] for s in sections] == ["The field at a glance", *p["run"]["datasets"]]
+    expected_numbers |= check_field(sections.pop(0), p, root, seeds)
     found = {}
     for section, data in zip(sections, p["run"]["datasets"]):
         runs = {m: {s: json.loads((root / paths.eval_file(data, m, s)).read_text()) for s in seeds[m]}

@@ -58,10 +58,16 @@ rule report_md:
         ranges=SANITY_RANGES,
         code=code("report_md"),
     output:
-        report(paths.REPORT, caption="../report/report_md.rst", category="Report"),
+        md=report(paths.REPORT, caption="../report/report_md.rst", category="Report"),
+        ranks=report(
+            paths.RANKS_FIGURE,
+            caption="../report/critical-difference.rst",
+            category="Figures",
+            labels={"figure": "critical difference"},
+        ),
     log:
         paths.log_file("report_md"),
     params:
         job=job(dc.report_job),
     shell:
-        "python -m dyncim report-md --job {params.job:q} --out {output} > {log} 2>&1"
+        "python -m dyncim report-md --job {params.job:q} --out {output.md} --ranks-figure {output.ranks} > {log} 2>&1"
