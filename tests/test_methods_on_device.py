@@ -41,14 +41,25 @@ def tensors(obj):
             yield from tensors(v)
 
 
+def train_teacher(name, feats, tcfg, root):
+    """The best.pt of method `name`'s run on `feats` (seed 0) through the real train job."""
+    from dyncim.train.job import train_seed
+    job = {"train": tcfg, "split": PARAMS["split"], "datasets": {"tiny": {"source": "synthetic"}},
+           "methods": {name: {**C.method_config(PARAMS, name), "seeds": [0]}},
+           "run": {"datasets": ["tiny"], "methods": [name]}}
+    return train_seed(job, "tiny", name, 0, feats, root, DEVICE)
+
+
 def train(method, amp, tmp_path, epochs=2):
     feats = tiny_features(n=96, dims=(6, 5), n_classes=3, seed=1)
     mcfg = C.method_config(PARAMS, method)
     part = method_class(mcfg["type"]).parts(len(feats.names))[0]
     sub = feats.subset(part) if len(part) < len(feats.names) else feats
     tcfg = {**TRAIN_CFG, "epochs": epochs, "hidden": [16], "amp": amp}
+    # UMT: its teachers are a real run of its `teacher` method (unimodal), trained first, read by path
+    extras = {"teachers": train_teacher(mcfg["teacher"], feats, tcfg, tmp_path)} if "teacher" in mcfg else None
     t = Trainer(sub, mcfg, tcfg, 0, DEVICE, tmp_path / f"{method}-{amp}.pt", None, "device-test",
-                tag=f"method={method} amp={amp}")
+                tag=f"method={method} amp={amp}", extras=extras)
     t.fit()
     return t
 

@@ -13,6 +13,13 @@ and per epoch, with `run` a RunView (dyncim.train.view: epoch, seed, model, opti
 split indices, training config, `run.evaluate(index)`, `run.make_optimizer(groups)`):
 
     method.begin_epoch(run)     # sets `method.epoch` (0-based), then calls on_epoch_start(run)
+    idx = method.epoch_indices(run, perm)   # the sampler hook, once per epoch before batching:
+                                # perm = the epoch's seeded permutation of run.train_idx (the
+                                # trainer's shuffle generator, drawn whatever the hook does); the
+                                # loop batches the returned 1-D index tensor in order, in slices of
+                                # batch_size (repeats allowed; training indices only). Default: perm
+                                # itself (bit-identical to a loop without the hook). Randomness only
+                                # from a method-owned generator kept in state_dict (resumable).
     ... the epoch's steps, then validation through `predict` (label-free) ...
     method.on_epoch_end(run)    # statistics, re-initialisation, weight updates
     method.log(writer, step)    # TensorBoard; step = the number of epochs done (1-based)
@@ -131,6 +138,14 @@ class Method:
 
     def on_epoch_start(self, run) -> None:
         pass
+
+    def epoch_indices(self, run, perm: torch.Tensor) -> torch.Tensor:
+        """The sampler hook: the sample indices the epoch's batches draw, in order (the loop
+        slices them into batches of `batch_size`). `perm`: this epoch's seeded permutation of
+        `run.train_idx`, on the training device. Re-sampling methods (modality valuation, BSS)
+        return another order, subset or multiset of training indices, drawing any randomness
+        from a generator of their own saved in `state_dict`. Default: `perm` unchanged."""
+        return perm
 
     def on_epoch_end(self, run) -> None:
         pass

@@ -50,4 +50,12 @@ CATALOG: dict[str, Entry] = {
     "mla": Entry("mla", "MLA"),
     "relearning": Entry("relearning", "Relearning"),
     "reconboost": Entry("reconboost", "ReconBoost"),
+    "umt": Entry("umt", "UMT"),
+    "mbsd": Entry("mbsd", "MBSD"),
+    "cml": Entry("cml", "CML"),
+    "lfm": Entry("lfm", "LFM"),
+    "valuation": Entry("valuation", "Valuation"),
+    "opm": Entry("opm", "OPM"),
+    "amco": Entry("amco", "AMCo"),
+    "mmcosine": Entry("mmcosine", "MMCosine"),
 }

@@ -78,6 +78,27 @@ def run_paths(root: Path, data: str, method: str, seed: int, variant: str = "") 
             "curves": root / paths.curves_file(data, method, seed)}
 
 
+def method_extras(root: Path, data: str, mcfg: dict, seed: int) -> dict:
+    """What a run's method reads from other runs of the pipeline (its Context.extras): a UMT run
+    (dyncim.methods.umt) its frozen teachers, the best.pt of its `teacher` method's run of the same
+    data set and seed, `<root>/models/<data>/<teacher>/seed<S>/best.pt`, never retrained here."""
+    if mcfg["type"] == "umt":
+        return {"teachers": root / paths.best_model(data, mcfg["teacher"], seed)}
+    return {}
+
+
+def extras_fingerprint(extras: dict) -> str:
+    """The files a run reads from other runs, by content (for the resume check): a UMT run whose
+    teacher was retrained does not resume its checkpoint. A missing file adds nothing here (the
+    method's setup names it)."""
+    h = hashlib.sha256()
+    for key, path in sorted(extras.items()):
+        if Path(path).is_file():
+            h.update(key.encode())
+            h.update(Path(path).read_bytes())
+    return h.hexdigest()[:16] if extras else ""
+
+
 def train_seed(job: dict, data: str, method: str, seed: int, feats: DataSet,
                root: Path, device: torch.device) -> Path:
     """Train (or resume) one run of the train job `job` (dyncim.config.train_job)."""
@@ -94,7 +115,8 @@ def _train_seed(job: dict, data: str, method: str, seed: int, feats: DataSet,
     tcfg = job["train"]
     where = run_paths(root, data, method, seed, variant)
     label = f"{method}/{variant}" if variant else method   # where dyncim.paths puts this run's files
-    fingerprint = run_fingerprint(job, data, mcfg) + code_version()
+    extras = method_extras(root, data, mcfg, seed)
+    fingerprint = run_fingerprint(job, data, mcfg) + code_version() + extras_fingerprint(extras)
     parts = method_class(mcfg["type"], mcfg.get("impl")).parts(len(feats.names))
     saved, rows = [], []
     for modalities in parts:
@@ -105,7 +127,8 @@ def _train_seed(job: dict, data: str, method: str, seed: int, feats: DataSet,
                           log_dir=where["runs"] / name if name else where["runs"],
                           fingerprint=fingerprint, tag=f"data={data} method={method} seed={seed}"
                                                       + (f" {variant}" if variant else "")
-                                                      + (f" part={name}" if name else ""))
+                                                      + (f" part={name}" if name else ""),
+                          extras=extras)
         best = trainer.fit()
         saved.append({"modalities": modalities, "names": sub.names, "fusion": trainer.method.fusion,
                       "best_epoch": best["epoch"],

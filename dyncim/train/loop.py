@@ -1,6 +1,7 @@
 """The one training loop every method runs on (methods plug in through dyncim.methods.base hooks).
 
-Feature sets live on the training device; batches are index slices of a seeded permutation,
+Feature sets live on the training device; batches are index slices of a seeded permutation
+(or of what the method's sampler hook `epoch_indices` makes of it: dyncim.methods.base),
 so the per-step work is tensor work with no host-device synchronisation: metrics accumulate as
 tensors and are read once per epoch. Store-backed sets (dyncim.data.media_set) gather, move and
 augment each batch through the same `data.batch(idx, train, generator)`, their augmentation drawn
@@ -43,7 +44,7 @@ class CheckpointMismatch(RuntimeError):
 class Trainer:
     def __init__(self, data, method_cfg: dict, train_cfg: dict, seed: int,
                  device: torch.device, ckpt_path: Path, log_dir: Path | None, fingerprint: str,
-                 tag: str = ""):
+                 tag: str = "", extras: dict | None = None):
         self.data, self.cfg, self.seed, self.device = data.to(device), train_cfg, seed, device
         self.ckpt_path, self.log_dir, self.fingerprint, self.tag = ckpt_path, log_dir, fingerprint, tag
         self.method_cfg = method_cfg   # logged with the train configuration as TensorBoard hparams
@@ -52,7 +53,9 @@ class Trainer:
         bs = train_cfg["batch_size"]
         steps = (len(self.train_idx) + bs - 1) // bs
         torch.manual_seed(seed)
-        self.method, self.model = assemble(self.data, method_cfg, train_cfg, device, steps_per_epoch=steps)
+        # extras: what the method reads from outside its run (Context.extras; UMT: its teachers' best.pt)
+        self.method, self.model = assemble(self.data, method_cfg, train_cfg, device, steps_per_epoch=steps,
+                                           extras=extras)
         self.optimizer = make_optimizer(self.method.param_groups(self.model), train_cfg)
         self.scheduler = make_scheduler(self.optimizer, train_cfg)
         self.shuffle = torch.Generator().manual_seed(seed)
@@ -119,6 +122,7 @@ class Trainer:
         model.train()
         bs = self.cfg["batch_size"]
         perm = self.train_idx[torch.randperm(len(self.train_idx), generator=self.shuffle).to(self.device)]
+        perm = method.epoch_indices(self.view(), perm)   # the sampler hook (default: perm itself)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         f1_counts = torch.zeros(3, device=self.device, dtype=torch.long)   # multi-label: tp, fp, fn
