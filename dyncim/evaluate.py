@@ -22,7 +22,7 @@ from .atomic import write_json
 from .config import with_method_defaults
 from .data.dataset import DataSet
 from .data.media_set import MediaSet, load_data
-from .data.synthetic import CORRUPTION_CODES
+from .data.sources.synthetic import CORRUPTION_CODES
 from .train.assemble import assemble
 from .train.inference import evaluate_split
 

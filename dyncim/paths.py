@@ -6,15 +6,22 @@ and the package join these to a root (`--root`, default: the current folder).
 """
 from __future__ import annotations
 
-RAW_MFEAT = "data/raw/mfeat"
+RAW = "data/raw"
 
 
-def raw_mfeat(view: str) -> str:
-    return f"{RAW_MFEAT}/mfeat-{view}.csv"
+def raw_dir(source: str) -> str:
+    """A downloading source's raw files (dyncim.data.catalog `downloads`), one copy for every
+    configuration of the source (mfeat's six views)."""
+    return f"{RAW}/{source}"
+
+
+def raw_file(source: str, name: str) -> str:
+    return f"{raw_dir(source)}/{name}"
 
 
 def split_file(split: str) -> str:
-    """A split is shared by the data configurations that use the same samples (all mfeat ones)."""
+    """A split is shared by the data configurations that use the same samples (all mfeat ones,
+    dyncim.data.catalog `shared_split`)."""
     return f"data/splits/{split}.csv"
 
 
@@ -23,8 +30,8 @@ def features_file(data: str) -> str:
 
 
 def media_dir(data: str) -> str:
-    """A paper-scale set's raw files (downloaded, or the manifest of the user's copy)."""
-    return f"data/raw/{data}"
+    """A store set's raw files (downloaded, or the manifest of the user's copy)."""
+    return f"{RAW}/{data}"
 
 
 def media_ready(data: str) -> str:
@@ -106,6 +113,10 @@ def robustness_csv(data: str) -> str:
 
 
 FIGURE_KINDS = ("accuracy", "rebalance", "curves", "dyncim", "robustness")   # dyncim.figures draws them
+
+
+# the critical-difference diagram of every method's mean rank over the run's data sets (dyncim.ranks)
+RANKS_FIGURE = "results/figures/critical-difference.png"
 
 
 def figure_file(data: str, kind: str) -> str:

@@ -47,7 +47,7 @@ def av_store(root: Path, sizes=(24, 9, 9), audio=(32, 24), frames=(2, 16, 16, 3)
 
 
 def mosei_store(root: Path, sizes=(20, 8, 8), steps=6, dims=(("text", 12), ("audio", 5), ("vision", 7)), seed=0):
-    """A store laid out as dyncim.data.mosei.write_mosei_store writes it: float32 (N, T, d)."""
+    """A store laid out as dyncim.data.sources.mosei.write_mosei_store writes it: float32 (N, T, d)."""
     rng = np.random.default_rng(seed)
     classes = ["negative", "non-negative"]
     for split, n in zip(("train", "val", "test"), sizes):

@@ -15,11 +15,11 @@ import torch
 import yaml
 
 from dyncim import cli
-from dyncim.data import ave as A
+from dyncim.data.sources import ave as A
 from dyncim.data import download as D
 from dyncim.data import extract as E
 from dyncim.data import store as S
-from dyncim.data import vggsound as V
+from dyncim.data.sources import vggsound as V
 from tests.conftest import REPO
 from test_download import make_media
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from dyncim.data import crema_d as C
+from dyncim.data.sources import crema_d as C
 from dyncim.data import download as D
 from test_download import RangeHandler, make_media, server, served, write_manifest  # noqa: F401
 

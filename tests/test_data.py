@@ -5,8 +5,8 @@ import yaml
 
 from dyncim import config as C
 from dyncim.data import features as F
-from dyncim.data import synthetic as S
-from dyncim.data.mfeat import read_view
+from dyncim.data.sources import synthetic as S
+from dyncim.data.sources.mfeat import read_view
 from dyncim.data.splits import read_split, stratified_split, write_split
 from tests.conftest import REPO
 

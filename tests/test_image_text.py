@@ -20,9 +20,9 @@ from dyncim import multilabel as ML  # noqa: E402
 from dyncim import paths  # noqa: E402
 from dyncim.data import image_text, pretrained  # noqa: E402
 from dyncim.data import store as S  # noqa: E402
-from dyncim.data.food101 import prepare_food101  # noqa: E402
+from dyncim.data.sources.food101 import prepare_food101  # noqa: E402
 from dyncim.data.media_set import open_media  # noqa: E402
-from dyncim.data.mmimdb import GENRES, prepare_mmimdb  # noqa: E402
+from dyncim.data.sources.mmimdb import GENRES, prepare_mmimdb  # noqa: E402
 from tests.conftest import REPO  # noqa: E402
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "pizza", "sushi", "cheese", "fish", "rice", "a",

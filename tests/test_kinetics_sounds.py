@@ -6,7 +6,7 @@ import pytest
 
 from dyncim.data import discovery
 from dyncim.data import download as D
-from dyncim.data import kinetics_sounds as K
+from dyncim.data.sources import kinetics_sounds as K
 from test_download import make_media
 
 CLASSES = ["bowling", "laughing", "tap_dancing"]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dyncim.data import download as D
-from dyncim.data import mosei as M
+from dyncim.data.sources import mosei as M
 from test_download import RangeHandler, server  # noqa: F401
 
 SCORES = {"train": [-3.0, -2.5, -0.4, 0.0, 0.5, 1.5, 2.5, 3.0], "valid": [-1.0, 0.0, 0.2, 1.4],

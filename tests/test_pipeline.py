@@ -19,7 +19,7 @@ from snakemake.utils import update_config
 
 from dyncim import config as C
 from dyncim import paths
-from dyncim.data.mfeat import DIMS
+from dyncim.data.sources.mfeat import DIMS
 from tests.conftest import copy_repo, venv_env
 
 TINY = "tests/configs/tiny.yaml"

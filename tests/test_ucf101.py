@@ -15,10 +15,10 @@ from dyncim import cli
 from dyncim.data import flow as FL
 from dyncim.data import media
 from dyncim.data import store as S
-from dyncim.data import ucf101 as U
+from dyncim.data.sources import ucf101 as U
 from dyncim.data.extract import RECIPES, extract_video_flow
 from dyncim.data.media_set import open_media
-from dyncim.train.augment import FlowAugment
+from dyncim.data.augment import FlowAugment
 from tests.conftest import REPO
 
 CLASSES = ["ApplyEyeMakeup", "Archery", "HandstandPushups"]

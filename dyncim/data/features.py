@@ -13,20 +13,17 @@ import numpy as np
 import torch
 
 from ..atomic import torch_save
-from . import mfeat, synthetic
+from . import sources
+from .sources import synthetic
 from .splits import SPLITS, read_split, stratified_split, write_split
 
 FORMAT = 1
 
 
 def raw_views(ds: dict, raw_dir: str | Path | None):
-    """(views, labels, corrupted or None, names) of a data configuration, before standardising."""
-    if ds["source"] == "mfeat":
-        views, labels = mfeat.read_views(raw_dir, ds["views"])
-        return views, labels, None, list(ds["views"]), mfeat.N_CLASSES
-    gen = synthetic.generate(ds["synthetic"])
-    names = [f"{k}{i}" if gen["kinds"].count(k) > 1 else k for i, k in enumerate(gen["kinds"])]
-    return gen["views"], gen["labels"], gen["corrupted"], names, ds["synthetic"]["classes"]
+    """(views, labels, corrupted or None, names, n_classes) of a data configuration, before
+    standardising: its source's `read` (dyncim.data.sources)."""
+    return sources.module(ds["source"]).read(ds, raw_dir)
 
 
 def make_split(ds: dict, split_cfg: dict, raw_dir, out: str | Path) -> None:
@@ -67,6 +64,7 @@ def redraw_spec(ds: dict, views: list[torch.Tensor], corrupted, train) -> dict |
 
 @dataclass
 class FeatureSet:
+    """A feature file's samples in memory: a `dyncim.data.dataset.DataSet`."""
     names: list[str]
     n_classes: int
     views: list[torch.Tensor]
@@ -75,6 +73,10 @@ class FeatureSet:
     corrupted: torch.Tensor | None
     # a failing sensor's modalities (features.redraw_spec): {modality: {"mean", "std"}}
     redraw: dict | None = None
+
+    @property
+    def multilabel(self) -> bool:
+        return self.labels.dim() == 2
 
     def index(self, part: str) -> torch.Tensor:
         return torch.nonzero(self.split == SPLITS.index(part)).squeeze(1)
@@ -111,6 +113,28 @@ class FeatureSet:
                           [self.views[m] for m in modalities], self.labels, self.split,
                           None if self.corrupted is None else self.corrupted[:, modalities],
                           redraw or None)
+
+    # --- the robustness sweep (dyncim.data.dataset) ---------------------------------------------
+    def corruption_stats(self) -> list[dict]:
+        """The features are standardised with train statistics: one unit of noise is one train
+        std per feature (1), and a missing modality is every feature at its train mean (0)."""
+        return [{"mean": 0.0, "std": 1.0} for _ in self.names]
+
+    def corruption_noise(self, m: int, pos: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+        """Rows `pos` of one draw per (seed, modality) for the whole swept index of `n` samples
+        (torch's CPU generator seeded with seed * 1000 + m): the same whatever the method, run,
+        chunking or other modalities."""
+        g = torch.Generator().manual_seed(seed * 1000 + m)
+        noise = torch.randn((n, *self.views[m].shape[1:]), generator=g, dtype=torch.float32)
+        return noise[torch.as_tensor(pos).cpu()].to(self.views[m].device)
+
+    def corrupt(self, xs: list[torch.Tensor], m: int, level, noise: torch.Tensor | None = None
+                ) -> list[torch.Tensor]:
+        from .dataset import corrupt_modality
+        return corrupt_modality(xs, m, level, self.corruption_stats()[m], noise)
+
+    def corruption_record(self) -> dict:
+        return {"unit": "noise std in units of the modality's train feature std; missing = zeros (train mean)"}
 
 
 def load(path: str | Path) -> FeatureSet:

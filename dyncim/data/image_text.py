@@ -1,7 +1,7 @@
 """The image + text sets (Food-101, MM-IMDb): their sample list, and the extraction of frozen
 pretrained features into the feature store.
 
-Discovery (dyncim.data.food101 / mmimdb, called by dyncim.data.paper_raw) writes `samples.csv`
+Discovery (dyncim.data.sources.food101 / mmimdb, called by dyncim.data.paper_raw) writes `samples.csv`
 beside the media marker: one row per usable sample, `id,split,labels,image,text` (labels: the class
 name; for a multi-label set the label names joined by `|`, possibly none; image: the path of the
 image file in the user's copy, which is not copied; text: the sample's text itself), and
@@ -172,3 +172,12 @@ def extract_store(samples_csv: str | Path, out_root: str | Path, classes: Sequen
     return {s: extract_split([x for x in samples if x.split == s], Path(out_root) / s, classes, multilabel,
                              models, encoders, media.get("batch_size", 64), progress=progress, log=log)
             for s in splits}
+
+
+def build_store(ds: dict, raw: Path, record: dict, out: Path, classes: Sequence[str], multilabel: bool,
+                log=None) -> dict:
+    """An image + text source's store step (dyncim.data.sources: `build`): the media step's
+    `samples.csv` through the frozen encoders of `ds["media"]`; returns the models for its summary."""
+    extract_store(raw / record["samples"], out, classes, multilabel, ds["media"], log=log)
+    return {"models": {k: ds["media"].get(k) for k in ("text_model", "text_revision", "image_model",
+                                                       "image_revision")}}

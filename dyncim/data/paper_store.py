@@ -1,6 +1,8 @@
-"""The pipeline's second step for the paper-scale sets: features extracted from the raw files
-(dyncim.data.paper_raw) into the store `data/features/<data>/<split>/` (dyncim.data.store), then
-its summary, written last (dyncim.paths.store_ready): what training reads.
+"""The pipeline's second step for the store sources (dyncim.data.catalog: `build: "extract"`):
+features from the raw files (dyncim.data.paper_raw) into the store `data/features/<data>/<split>/`
+(dyncim.data.store), then its summary, written last (dyncim.paths.store_ready): what training
+reads. A source with an extraction recipe is extracted clip by clip (dyncim.data.extract); any
+other writes its store itself (its module's `build`, dyncim.data.sources).
 
 Resumable: clips already extracted are kept (dyncim.data.extract); the summary is written only
 once every split is complete, so a pipeline reruns an interrupted step, which then extracts only
@@ -12,9 +14,8 @@ import json
 from pathlib import Path
 
 from ..atomic import write_json
-
-RECIPE = {"crema-d": "crema-d", "kinetics-sounds": "kinetics-sounds", "ave": "ave", "vggsound": "vggsound"}   # dyncim.data.extract.RECIPES
-RECIPE["ucf-101"] = "ucf-101"   # RGB frames + optical flow (dyncim.data.extract.VideoFlowRecipe)
+from . import sources
+from .catalog import source as catalog_entry
 
 
 def _ready(path: str | Path) -> tuple[Path, dict]:
@@ -33,51 +34,24 @@ def build_store(ds: dict, ready: str | Path, summary_path: str | Path, log=print
     raw, rec = _ready(ready)
     summary_path = Path(summary_path)
     out = summary_path.parent
-    source = ds["source"]
-    if rec["source"] != source:
-        raise ValueError(f"{ready}: holds {rec['source']} files, the data set is {source}")
-    summary: dict = {"source": source, "splits": {}}
-    if source == "cmu-mosei":
-        from .mosei import load_mosei, write_mosei_store
-        info = json.loads((raw / "mosei.json").read_text())
-        data = load_mosei(raw / rec["pickle"], task=ds["media"]["task"])
-        write_mosei_store(data, out, source_sha256=info.get("sha256"))
-        summary["task"] = ds["media"]["task"]
-    elif source in ("food-101", "mm-imdb"):   # frozen pretrained features (dyncim.data.image_text)
-        from .image_text import extract_store
-        from .mmimdb import GENRES
-        multilabel = source == "mm-imdb"
-        extract_store(raw / rec["samples"], out, list(GENRES) if multilabel else rec["classes"], multilabel,
-                      ds["media"], log=log)
-        summary["models"] = {k: ds["media"].get(k) for k in ("text_model", "text_revision", "image_model",
-                                                            "image_revision")}
-    else:
+    name = ds["source"]
+    entry = catalog_entry(name)
+    if entry.build != "extract":
+        raise ValueError(f"source {name!r}: builds a feature file (the features step), not a store")
+    if rec["source"] != name:
+        raise ValueError(f"{ready}: holds {rec['source']} files, the data set is {name}")
+    module = sources.module(name)
+    summary: dict = {"source": name, "splits": {}}
+    if entry.recipe:
         from .extract import extract_manifest
-        classes = _classes(source, raw)
-        extract_manifest(raw / rec["clips"], RECIPE[source], out, classes, workers=ds["media"]["workers"], log=log)
-        summary["recipe"] = RECIPE[source]
+        classes = module.classes(raw, rec)
+        extract_manifest(raw / rec["clips"], entry.recipe, out, classes, workers=ds["media"]["workers"], log=log)
+        summary["recipe"] = entry.recipe
+    else:
+        summary.update(module.build(ds, raw, rec, out, log))
     for split in ("train", "val", "test"):
         s = store.open_split(out / split)
         summary["splits"][split] = {"samples": len(s), "failed": int((~s.ok).sum())}
     write_json(summary_path, summary)
-    log(f"{source}: store {out}: " + ", ".join(f"{k} {v['samples']}" for k, v in summary["splits"].items()))
+    log(f"{name}: store {out}: " + ", ".join(f"{k} {v['samples']}" for k, v in summary["splits"].items()))
     return summary_path
-
-
-def _classes(source: str, raw: Path | None = None) -> list[str]:
-    if source == "ucf-101":  # the shipped names, which the media step checked against classInd.txt and wrote
-        from .flow import require_opencv
-        from .ucf101 import CLASSES, read_classes as read_ucf
-        require_opencv("UCF-101's flow modality")  # before any clip is decoded
-        return read_ucf(raw / CLASSES)
-    if source == "ave":  # shipped, in index order
-        from .ave import read_classes as read_ave
-        return read_ave()
-    if source == "vggsound":  # the sorted labels of the user's vggsound.csv, written by the media step
-        from .vggsound import read_classes as read_vggsound
-        return read_vggsound(raw)
-    if source == "crema-d":
-        from .crema_d import LABELS
-        return list(LABELS)
-    from .kinetics_sounds import read_classes
-    return read_classes()

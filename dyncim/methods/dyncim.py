@@ -529,7 +529,7 @@ def stacked_logits(model, data, index, batch_size: int | None = None) -> torch.T
 
 def gate_by_corruption(gate, codes, names) -> dict:
     """Mean gate of modality m on samples whose modality c is clean vs corrupted (c corrupted somewhere)."""
-    from ..data.synthetic import CORRUPTION_CODES
+    from ..data.sources.synthetic import CORRUPTION_CODES
     res = {}
     for c, cname in enumerate(names):
         if not (codes[:, c] != 0).any():

@@ -1,6 +1,7 @@
 # Helpers shared by the rules: the resolved configuration, what to run, each job's configuration
 # (dyncim.config, passed as `--job`: canonical JSON, also the job's rerun trigger), where files go
-# (dyncim.paths) and the package code a job runs (dyncim.codedeps, declared as its inputs).
+# (dyncim.paths), what each data source is (dyncim.data.catalog) and the package code a job runs
+# (dyncim.codedeps, declared as its inputs).
 import os
 import sys
 
@@ -8,18 +9,24 @@ from snakemake.utils import update_config
 
 from dyncim import codedeps, paths, sanity
 from dyncim import config as dc
+from dyncim.data import catalog
 
 
 def resolve_config():
     """params.yaml, then `--configfile` files, then `--config` entries, as Snakemake merged them
-    into `config`. Bad values stop here with the package's message (the one the CLI prints).
+    into `config`. Bad values stop here with the package's message (the one the CLI prints), and
+    so do a user's own data files that do not hold what the params say (dyncim.config.check_data).
     """
     settings = workflow.config_settings
     update_config(config, dc.retype(dict(settings.config)))
     sources = ["params.yaml", *map(os.path.relpath, settings.configfiles)]
     try:
+        # a user's files are read in full once, by the main process (not again by each
+        # cluster job's, which parses this file too)
         return dc.resolve(
-            config, " + ".join(sources + ["--config"] * bool(settings.config))
+            config,
+            " + ".join(sources + ["--config"] * bool(settings.config)),
+            check=workflow.is_main_process,
         )
     except dc.ParamsError as e:
         sys.exit(dc.error_text(e))
@@ -28,7 +35,13 @@ def resolve_config():
 P = resolve_config()
 DATASETS = P["run"]["datasets"]
 METHODS = P["run"]["methods"]
-MEDIA_DATASETS = [d for d in DATASETS if dc.is_media(P["datasets"][d])]
+MEDIA_DATASETS = [d for d in DATASETS if dc.uses_store(P["datasets"][d])]
+# sources whose raw files the download step brings in, one copy each (mfeat)
+DOWNLOADS = [s for s, e in catalog.CATALOG.items() if e.bring_in == "download"]
+
+
+def source_of(data):
+    return P["datasets"][data]["source"]
 
 
 def gpu(wildcards):
@@ -39,9 +52,7 @@ def gpu(wildcards):
 
 def media_resources(wildcards):
     """The shipped files (split lists, manifests, class lists) a paper-scale set's steps read."""
-    folder = os.path.join(
-        "resources", "splits", P["datasets"][wildcards.data]["source"]
-    )
+    folder = os.path.join("resources", "splits", source_of(wildcards.data))
     return (
         sorted(
             os.path.join(folder, f) for f in os.listdir(folder) if not f.startswith(".")
@@ -96,21 +107,40 @@ def job(build, *args):
     return lambda w: dc.job_json(build(P, *(w[a] for a in args)))
 
 
-def code(step, methods=()):
-    """Package files `python -m dyncim <step>` runs for these methods."""
-    return codedeps.step_files(step, [P["methods"][m]["type"] for m in methods])
-
-
-def mfeat_raw():
-    return [paths.raw_mfeat(v) for v in dc.MFEAT_VIEWS]
+def code(step, methods=(), source=None):
+    """Package files `python -m dyncim <step>` runs for these methods, with the module of data
+    source `source` (imported by name at run time, dyncim.data.sources) and what it imports.
+    """
+    files = codedeps.step_files(step, [P["methods"][m]["type"] for m in methods])
+    if source is None:
+        return files
+    own = codedeps.closure([catalog.module_name(source)])
+    return sorted(
+        set(files)
+        | {codedeps.module_file(m).relative_to(codedeps.ROOT).as_posix() for m in own}
+    )
 
 
 def raw_inputs(data):
-    return mfeat_raw() if P["datasets"][data]["source"] == "mfeat" else []
+    """The downloaded files (its source's, dyncim.data.catalog `downloads`) a data set's features
+    step reads."""
+    return dc.raw_files(source_of(data))
+
+
+def split_source(wildcards):
+    """The source of a split: a shared split's (named after it), or its data set's."""
+    s = wildcards.split
+    return s if s in catalog.CATALOG and s not in P["datasets"] else source_of(s)
 
 
 def split_raw_inputs(wildcards):
-    return mfeat_raw() if wildcards.split == "mfeat" else []
+    """The downloaded files a split reads (a shared split's: every view of mfeat)."""
+    return dc.raw_files(split_source(wildcards))
+
+
+def user_files(wildcards):
+    """A user's own files (source `files`): its media step's inputs, so that an edit reruns it."""
+    return dc.input_files(P, wildcards.data)
 
 
 def seeds(method):

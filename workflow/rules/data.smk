@@ -1,24 +1,32 @@
 # Raw data, the fixed split and the compact feature file of each data configuration; for the
-# paper-scale sets, their raw files and the feature store extracted from them.
+# store sets (the paper-scale sets, a user's own files), their raw files and the feature store
+# extracted from them. Which steps a data set's source takes: dyncim.data.catalog.
 
 
-rule download_mfeat:
-    input:
-        code=code("download"),
-    output:
-        mfeat_raw(),
-    log:
-        paths.log_file("download_mfeat"),
-    params:
-        out=lambda w, output: os.path.dirname(output[0]),
-    shell:
-        "python -m dyncim download --source mfeat --out {params.out} > {log} 2>&1"
+# A downloading source's raw files, one copy for every configuration of it (mfeat's six views):
+# one rule per such source, download_<source>.
+for _source in DOWNLOADS:
+
+    rule:
+        name:
+            f"download_{_source}"
+        input:
+            code=code("download", source=_source),
+        output:
+            dc.raw_files(_source),
+        log:
+            paths.log_file(f"download_{_source}"),
+        params:
+            source=_source,
+            out=lambda w, output: os.path.dirname(output[0]),
+        shell:
+            "python -m dyncim download --source {params.source} --out {params.out} > {log} 2>&1"
 
 
 rule split:
     input:
         raw=split_raw_inputs,
-        code=code("split"),
+        code=lambda w: code("split", source=split_source(w)),
     output:
         paths.split_file("{split}"),
     log:
@@ -33,7 +41,7 @@ rule features:
     input:
         split=lambda w: paths.split_file(dc.split_name(P, w.data)),
         raw=lambda w: raw_inputs(w.data),
-        code=code("features"),
+        code=lambda w: code("features", source=source_of(w.data)),
     output:
         paths.features_file("{data}"),
     log:
@@ -44,12 +52,14 @@ rule features:
         "python -m dyncim features --job {params.job:q} --split {input.split} --out {output} > {log} 2>&1"
 
 
-# A paper-scale set's raw files: downloaded (CREMA-D), located in the user's copy
-# (Kinetics-Sounds) or fetched (CMU-MOSEI's pickle); verified files are kept across reruns.
+# A store set's raw files: downloaded (CREMA-D), located in the user's copy (Kinetics-Sounds),
+# fetched (CMU-MOSEI's pickle), or a user's own files checked and recorded (source files);
+# verified files are kept across reruns.
 rule media:
     input:
         resources=media_resources,
-        code=code("media"),
+        files=user_files,
+        code=lambda w: code("media", source=source_of(w.data)),
     output:
         paths.media_ready("{data}"),
     log:
@@ -65,12 +75,13 @@ rule extract:
     input:
         raw=paths.media_ready("{data}"),
         resources=media_resources,
-        code=code("extract"),
+        files=user_files,
+        code=lambda w: code("extract", source=source_of(w.data)),
     output:
         paths.store_ready("{data}"),
     log:
         paths.log_file("extract", "{data}"),
-    threads: lambda w: P["datasets"][w.data]["media"]["workers"]
+    threads: lambda w: dc.extract_threads(P, w.data)
     params:
         job=job(dc.features_job, "data"),
     shell:
@@ -79,16 +90,12 @@ rule extract:
 
 rule download_all:
     input:
-        (
-            mfeat_raw()
-            if any(P["datasets"][d]["source"] == "mfeat" for d in DATASETS)
-            else []
-        ),
+        [dc.raw_files(s) for s in DOWNLOADS if any(source_of(d) == s for d in DATASETS)],
         [paths.media_ready(d) for d in MEDIA_DATASETS],
     log:
         paths.log_file("download_all"),
     params:
-        raw=parent_dir(paths.RAW_MFEAT),
+        raw=lambda w: paths.RAW,
     shell:
         "mkdir -p {params.raw} > {log} 2>&1"  # DVC's download stage declares data/raw, even with nothing to download
 

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import discovery
+from .. import discovery
 
-RESOURCES = Path(__file__).resolve().parents[2] / "resources" / "splits" / "ave"
+RESOURCES = Path(__file__).resolve().parents[3] / "resources" / "splits" / "ave"
 CLASSES_FILE = RESOURCES / "classes.txt"
 SPLIT_FILES = {"train": "trainSet.txt", "val": "valSet.txt", "test": "testSet.txt"}
 ANNOTATIONS = "Annotations.txt"
@@ -120,3 +120,23 @@ def prepare_ave(out: str | Path, from_dir: str | Path, *, probe: bool = True, jo
             rep.add(video, category, split, None, ("duplicate", "video id listed before; its first listing is used"))
         return rep.close({"source": str(from_dir), "annotations": str(folder), "files_indexed": len(files),
                           "probed": probe, "classes": len(names), "official": OFFICIAL}, log)
+
+
+# ---- the source's steps (dyncim.data.sources) ----------------------------------------------------
+
+def bring_in(ds: dict, out: Path, log=print) -> dict:
+    counts = prepare_ave(out, ds["media"]["from_dir"], jobs=ds["media"]["jobs"], log=log)
+    return {"clips": "clips.csv", "problems": "problems.csv", "counts": counts}
+
+
+def classes(raw: Path, record: dict) -> list[str]:
+    return read_classes()  # shipped, in index order
+
+
+def recipe():
+    """The peers' AVEDataset (PMR / OGM-GE family): 22,050 Hz mono, 3 s tiled, STFT 512 / hop 256,
+    log|S| -> 257 x 259 (their np.resize to 224 x 224, a reshuffle of the values, is left out);
+    1 fps, 3 frames evenly spaced."""
+    from ..extract import FrameSpec, Recipe
+    from ..spectrogram import LogSTFT
+    return Recipe("ave", LogSTFT(hop=256), FrameSpec(1.0, 3, (224, 224)), "mean")

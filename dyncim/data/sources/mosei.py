@@ -47,8 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import write_json
-from . import download as D
+from ...atomic import write_json
+from .. import download as D
 
 FILES = {"aligned": "mosei_senti_data.pkl", "unaligned": "mosei_senti_data_noalign.pkl"}
 MODALITIES = ("text", "audio", "vision")
@@ -281,7 +281,7 @@ def write_mosei_store(data: MoseiData, root: str | Path, source_sha256: str | No
     `text.npy`, `audio.npy`, `vision.npy` float32 (N, T, d), `index.csv` (clip = the sample id,
     label = the class name), `meta.json` (classes, task, non-finite counts, dropped samples).
     A split already written from the same source file, task and rule is left as it is."""
-    from . import store
+    from .. import store
     out = {}
     for split, s in data.splits.items():
         plan = {"dataset": "cmu-mosei", "source_sha256": source_sha256, "task": data.task,
@@ -300,3 +300,20 @@ def write_mosei_store(data: MoseiData, root: str | Path, source_sha256: str | No
                       "nonfinite_rule": nonfinite, "nonfinite_replaced": data.nonfinite.get(split, {}),
                       "dropped": data.dropped.get(split, 0), "source_sha256": source_sha256})
     return out
+
+
+# ---- the source's steps (dyncim.data.sources) ----------------------------------------------------
+
+def bring_in(ds: dict, out: Path, log=print) -> dict:
+    media = ds["media"]
+    pickle_path = fetch_mosei(out, url=media.get("url"), sha256=media.get("sha256"),
+                              from_path=media.get("from_path"), variant=media["variant"], link=media["link"],
+                              progress=True, log=log)
+    return {"pickle": pickle_path.name}
+
+
+def build(ds: dict, raw: Path, record: dict, out: Path, log=print) -> dict:
+    info = json.loads((raw / INFO).read_text())
+    data = load_mosei(raw / record["pickle"], task=ds["media"]["task"])
+    write_mosei_store(data, out, source_sha256=info.get("sha256"))
+    return {"task": ds["media"]["task"]}

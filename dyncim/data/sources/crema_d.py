@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import download as D
-from .splits import read_clip_splits
+from .. import download as D
+from ..splits import read_clip_splits
 
-RESOURCES = Path(__file__).resolve().parents[2] / "resources" / "splits" / "crema-d"
+RESOURCES = Path(__file__).resolve().parents[3] / "resources" / "splits" / "crema-d"
 LFS_MANIFEST = RESOURCES / "lfs-manifest.csv"
 SPLITS_FILE = RESOURCES / "splits.csv"
 # our actor-disjoint alternative, made from SPLITS_FILE by dyncim.data.actor_split (seed 0)
@@ -106,3 +106,24 @@ def download_crema_d(out: str | Path, *, base_url: str | None = None,
             f"{result.verified_before} already there); clips: "
             + ", ".join(f"{n} {s}" for s, n in counts.items()))
     return out / CLIPS
+
+
+# ---- the source's steps (dyncim.data.sources) ----------------------------------------------------
+
+def bring_in(ds: dict, out: Path, log=print) -> dict:
+    media = ds["media"]
+    split = media.get("split", "standard")    # absent: the standard split (not filled in)
+    clips = download_crema_d(out, base_url=media.get("base_url"), from_dir=media.get("from_dir"),
+                             link=media["link"], jobs=media["jobs"], split=split, progress=True, log=log)
+    return {"clips": clips.name, "split": split}
+
+
+def classes(raw: Path, record: dict) -> list[str]:
+    return list(LABELS)
+
+
+def recipe():
+    """OGM-GE's CREMA-D: 22,050 Hz, 3 s tiled, STFT 512 / hop 353, log|S| -> 257 x 188; 1 fps, <= 3 frames."""
+    from ..extract import FrameSpec, Recipe
+    from ..spectrogram import LogSTFT
+    return Recipe("crema-d", LogSTFT(), FrameSpec(1.0, 3, (224, 224)), "mean")

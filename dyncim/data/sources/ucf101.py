@@ -32,11 +32,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..atomic import atomic_path
-from . import discovery
-from .discovery import CLIPS, PROBLEMS, SPLITS, SUMMARY
+from ...atomic import atomic_path
+from .. import discovery
+from ..discovery import CLIPS, PROBLEMS, SPLITS, SUMMARY
 
-RESOURCES = Path(__file__).resolve().parents[2] / "resources" / "splits" / "ucf-101"
+RESOURCES = Path(__file__).resolve().parents[3] / "resources" / "splits" / "ucf-101"
 CLASSES_FILE = RESOURCES / "classes.txt"
 LISTS_DIR = "ucfTrainTestlist"
 CLASS_INDEX, TRAIN_LIST, TEST_LIST = "classInd.txt", "trainlist01.txt", "testlist01.txt"
@@ -256,3 +256,31 @@ def write_classes(path: Path, names: list[str]) -> None:
     """The class names the store uses, one a line (the store step reads them from here)."""
     with atomic_path(path) as tmp:
         Path(tmp).write_text("".join(f"{n}\n" for n in names))
+
+
+# ---- the source's steps (dyncim.data.sources) ----------------------------------------------------
+
+def bring_in(ds: dict, out: Path, log=print) -> dict:
+    from ..flow import require_opencv
+    media = ds["media"]
+    require_opencv("UCF-101's flow modality")  # before the walk and probes, not at extraction
+    res = prepare_ucf101(out, from_dir=media["from_dir"], lists=media.get("lists"),
+                         val_groups=media.get("val_groups", VAL_GROUPS), val_seed=media.get("val_seed", VAL_SEED),
+                         jobs=media["jobs"], log=log)
+    return {"clips": res.clips.name, "problems": res.problems.name, "classes": "classes.txt", "counts": res.counts,
+            "val_groups": res.val_groups}
+
+
+def classes(raw: Path, record: dict) -> list[str]:
+    """The shipped names, which the media step checked against classInd.txt and wrote."""
+    from ..flow import require_opencv
+    require_opencv("UCF-101's flow modality")  # before any clip is decoded
+    return read_classes(raw / CLASSES)
+
+
+def recipe():
+    """3 frames evenly spaced over the 1 fps frames, at 128 x 128, and the Farneback flow from each
+    to the next decoded frame, clipped to 8 pixels, uint8 (docs/data.md)."""
+    from ..extract import FrameSpec, VideoFlowRecipe
+    from ..flow import FlowSpec
+    return VideoFlowRecipe("ucf-101", FrameSpec(1.0, 3, (128, 128)), FlowSpec())

@@ -65,3 +65,13 @@ def generate(cfg: dict) -> dict:
     perm = rng.permutation(len(labels))  # no class-ordered files
     return {"views": [v[perm].astype(np.float32) for v in views], "labels": labels[perm],
             "corrupted": codes[perm], "kinds": list(kinds)}
+
+
+# ---- the source's steps (dyncim.data.sources) ----------------------------------------------------
+
+def read(ds: dict, raw_dir=None):
+    """The configuration's set, generated (no raw files); modalities named by kind, numbered where
+    a kind repeats."""
+    gen = generate(ds["synthetic"])
+    names = [f"{k}{i}" if gen["kinds"].count(k) > 1 else k for i, k in enumerate(gen["kinds"])]
+    return gen["views"], gen["labels"], gen["corrupted"], names, ds["synthetic"]["classes"]

@@ -21,11 +21,11 @@ import csv
 import re
 from pathlib import Path
 
-from . import discovery
-from .discovery import CLIPS, PROBLEMS, SUMMARY, VIDEO_EXTS, media_files
-from .splits import read_clip_splits
+from .. import discovery
+from ..discovery import CLIPS, PROBLEMS, SUMMARY, VIDEO_EXTS, media_files
+from ..splits import read_clip_splits
 
-RESOURCES = Path(__file__).resolve().parents[2] / "resources" / "splits" / "kinetics-sounds"
+RESOURCES = Path(__file__).resolve().parents[3] / "resources" / "splits" / "kinetics-sounds"
 CLASSES_FILE = RESOURCES / "classes.txt"
 SPLITS_FILE = RESOURCES / "splits.csv"
 
@@ -159,3 +159,26 @@ def prepare_kinetics_sounds(out: str | Path, *, from_dir: str | Path | None = No
         counts = rep.close({"source": source, "files_indexed": index.n_files, "probed": probe,
                             "classes": len(names)}, log)
     return KineticsSoundsResult(out / CLIPS, out / PROBLEMS, out / SUMMARY, counts)
+
+
+# ---- the source's steps (dyncim.data.sources) ----------------------------------------------------
+
+def bring_in(ds: dict, out: Path, log=print) -> dict:
+    media = ds["media"]
+    res = prepare_kinetics_sounds(out, from_dir=media.get("from_dir"), clip_list=media.get("clip_list"),
+                                  jobs=media["jobs"], log=log)
+    for line in res.lines():
+        log(f"Kinetics-Sounds {line}")
+    return {"clips": res.clips.name, "problems": res.problems.name, "counts": res.counts}
+
+
+def classes(raw: Path, record: dict) -> list[str]:
+    return read_classes()
+
+
+def recipe():
+    """16 kHz (first channel, as kaldi.fbank takes it), 128-bin Kaldi fbank, 1,024 frames,
+    normalised -> 1024 x 128; 3 frames evenly spaced over the 1 fps frames."""
+    from ..extract import FrameSpec, Recipe
+    from ..spectrogram import KaldiFbank
+    return Recipe("kinetics-sounds", KaldiFbank(), FrameSpec(1.0, 3, (224, 224)), 0)

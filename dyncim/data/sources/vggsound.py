@@ -33,8 +33,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
-from ..atomic import write_text
-from . import discovery
+from ...atomic import write_text
+from .. import discovery
 from .kinetics_sounds import clip_key
 
 N_CLASSES = 309
@@ -171,3 +171,25 @@ def read_classes(raw: str | Path) -> list[str]:
     """The class list that `prepare_vggsound` wrote into the raw folder `raw`."""
     from .kinetics_sounds import read_classes as read
     return read(Path(raw) / CLASSES)
+
+
+# ---- the source's steps (dyncim.data.sources) ----------------------------------------------------
+
+def bring_in(ds: dict, out: Path, log=print) -> dict:
+    media = ds["media"]
+    counts = prepare_vggsound(out, media["index"], from_dir=media.get("from_dir"),
+                              clip_list=media.get("clip_list"), jobs=media["jobs"], log=log)
+    return {"clips": "clips.csv", "problems": "problems.csv", "classes": "classes.txt", "counts": counts}
+
+
+def classes(raw: Path, record: dict) -> list[str]:
+    return read_classes(raw)  # the sorted labels of the user's vggsound.csv, written by the media step
+
+
+def recipe():
+    """OGM-GE's VGGSoundDataset: 16 kHz mono, tiled, a 5 s window (the middle one of the peers'
+    random start in [0, 5] s), STFT 256 / hop 128, log|S| -> 129 x 626; 1 fps, 3 frames."""
+    from ..extract import FrameSpec, Recipe
+    from ..spectrogram import LogSTFT
+    return Recipe("vggsound", LogSTFT(sample_rate=16000, seconds=5.0, n_fft=256, hop=128, start=2.5),
+                  FrameSpec(1.0, 3, (224, 224)), "mean")
