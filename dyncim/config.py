@@ -221,11 +221,30 @@ def resolve(raw: dict, source: str = "params.yaml", check: bool = True) -> dict:
             if limit is not None and n > limit:
                 raise ParamsError(f"{source}: run.methods: {m!r} ({methods[m]['type']}) is defined by "
                                   f"its paper for at most {limit} modalities, but data set {d!r} has {n}")
+    for m in params["run"]["methods"]:
+        _check_teacher(m, methods, params["run"]["methods"], source)
     if params["split"]["train"] + params["split"]["val"] >= 1:
         raise ParamsError(f"{source}: split: train + val must be below 1 (the rest is test)")
     for d in params["run"]["datasets"] if check else ():   # the data itself, before any job runs
         check_data(params["datasets"][d], source, d)
     return params
+
+
+def _check_teacher(m: str, methods: dict, run: list, source: str) -> None:
+    """A method that learns from another run of the pipeline (UMT: its frozen unimodal teachers)
+    names a unimodal method of the run list that trains every one of its seeds."""
+    teacher = methods[m].get("teacher")
+    if teacher is None:
+        return
+    where = f"{source}: methods.{m}.teacher: {teacher!r}"
+    if teacher not in methods or methods[teacher]["type"] != "unimodal":
+        raise ParamsError(f"{where} is not a method of type unimodal; defined: "
+                          f"{sorted(k for k, v in methods.items() if v['type'] == 'unimodal')}")
+    if teacher not in run:
+        raise ParamsError(f"{where} is not in run.methods; {m} learns from its runs, so list it there too")
+    missing = sorted(set(methods[m]["seeds"]) - set(methods[teacher]["seeds"]))
+    if missing:
+        raise ParamsError(f"{where} has no seed(s) {missing}; expected every seed of {m}")
 
 
 def _check_files(files: dict, source: str, where: tuple) -> None:

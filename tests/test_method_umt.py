@@ -235,3 +235,38 @@ def test_a_retrained_teacher_retrains_the_umt_run_instead_of_resuming_it(teacher
     torch.save(ck, mine)
     changed = state()                    # another teacher: trained afresh, not resumed
     assert any(not torch.equal(first[k], changed[k]) for k in first)
+
+
+def test_params_say_which_unimodal_runs_teach_before_any_job():
+    """The teacher is checked when the params resolve: a unimodal method of the run list that
+    trains every seed of the UMT method."""
+    import yaml
+    from dyncim import config as C
+    from tests.conftest import REPO
+    p = yaml.safe_load((REPO / "params.yaml").read_text())
+    p["run"] = {"datasets": ["synthetic-bi"], "methods": ["unimodal", "umt"]}
+    assert C.resolve(p, check=False)["methods"]["umt"]["teacher"] == "unimodal"
+    for change, message in (
+            ({"run": {"datasets": ["synthetic-bi"], "methods": ["umt"]}},
+             "methods.umt.teacher: 'unimodal' is not in run.methods"),
+            ({"methods": {**p["methods"], "umt": {**p["methods"]["umt"], "teacher": "joint"}}},
+             "methods.umt.teacher: 'joint' is not a method of type unimodal"),
+            ({"methods": {**p["methods"], "umt": {**p["methods"]["umt"], "seeds": [0, 7]}}},
+             r"methods.umt.teacher: 'unimodal' has no seed\(s\) \[7\]")):
+        with pytest.raises(C.ParamsError, match=message):
+            C.resolve({**p, **change}, check=False)
+
+
+def test_the_dag_shows_the_teachers_job_as_an_input_of_umt(tmp_path):
+    import re
+    import subprocess
+    import yaml
+    from tests.conftest import REPO, venv_env
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"run": {"datasets": ["synthetic-bi"], "methods": ["unimodal", "umt"]}}))
+    r = subprocess.run(["snakemake", "-n", "--forceall", "--configfile", str(cfg)], cwd=REPO, env=venv_env(),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    block = next(b for b in (r.stdout + r.stderr).split("\nrule ")
+                 if b.startswith("train:") and "method=umt" in b)
+    assert "models/synthetic-bi/unimodal/manifest.json" in re.search(r"input: (.*)", block).group(1)

@@ -143,6 +143,13 @@ def user_files(wildcards):
     return dc.input_files(P, wildcards.data)
 
 
+def teachers(wildcards):
+    """The runs a method learns from, as inputs of its training (UMT: its unimodal teachers' job,
+    of the same data set; each seed reads the teacher's run of that seed)."""
+    teacher = P["methods"][wildcards.method].get("teacher")
+    return [paths.manifest(wildcards.data, teacher)] if teacher else []
+
+
 def seeds(method):
     return P["methods"][method]["seeds"]
 

@@ -6,6 +6,7 @@
 rule train:
     input:
         features=data_input,
+        teachers=teachers,
         code=lambda w: code("train", [w.method]),
     output:
         paths.manifest("{data}", "{method}"),
