@@ -58,4 +58,5 @@ CATALOG: dict[str, Entry] = {
     "opm": Entry("opm", "OPM"),
     "amco": Entry("amco", "AMCo"),
     "mmcosine": Entry("mmcosine", "MMCosine"),
+    "greedy": Entry("greedy", "Greedy"),
 }

@@ -32,13 +32,41 @@ class MultimodalModel(nn.Module):
     def n_modalities(self) -> int:
         return len(self.encoders)
 
-    def encode(self, xs):
-        return [enc(x) for enc, x in zip(self.encoders, xs)]
+    def encode(self, xs, between=None):
+        """Every modality's features. With a cross-modal module between the encoders' stages
+        (`between`, or else the method's `extra[STAGE_MIXER]`; Greedy's MMTM blocks) the encoders
+        run stage by stage (`encode_by_stages`); without one (every other method), as before."""
+        if between is None and STAGE_MIXER in self.extra:
+            between = self.extra[STAGE_MIXER]
+        if between is None:
+            return [enc(x) for enc, x in zip(self.encoders, xs)]
+        return encode_by_stages(self.encoders, xs, between)
 
-    def forward(self, xs) -> Output:
-        feats = self.encode(xs)
+    def forward(self, xs, between=None) -> Output:
+        feats = self.encode(xs, between)
         fused, logits = self.fusion(feats)
         return Output(feats, logits, fused)
+
+
+# The key of model.extra under which a method installs a module that runs between the encoders'
+# stages in every forward pass of the model (training and evaluation): `module(k, hs) -> hs`, hs
+# the list of every modality's output of stage k (dyncim.models.encoders.Encoder's stage API).
+STAGE_MIXER = "stage_mixer"
+
+
+def encode_by_stages(encoders, xs, between) -> list[torch.Tensor]:
+    """The encoders' features computed stage by stage in lockstep: after stage k of every encoder,
+    `between(k, hs)` maps the list of their stage-k outputs to the next stages' inputs (every
+    encoder must have stages, the same number). With an identity `between` the features equal
+    `[enc(x) for ...]` exactly (without dropout: its draws come in another order)."""
+    counts = [len(getattr(enc, "stage_dims", ())) for enc in encoders]
+    if not counts or min(counts) == 0 or len(set(counts)) != 1:
+        raise ValueError(f"a module between the encoders' stages needs encoders with the same "
+                         f"number of stages; theirs: {counts}")
+    hs = [enc.stage_input(x) for enc, x in zip(encoders, xs)]
+    for k in range(counts[0]):
+        hs = list(between(k, [enc.stage(k, h) for enc, h in zip(encoders, hs)]))
+    return [enc.stage_output(h) for enc, h in zip(encoders, hs)]
 
 
 ENCODERS = ("mlp", "resnet18", "transformer", "lstm", "auto")

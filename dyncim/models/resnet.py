@@ -8,6 +8,9 @@ Written out here (about 50 lines) because torchvision's wheels do not install be
 `width` (ours) scales every stage's channel count (64 = ResNet-18; tests use a tiny one).
 On CUDA the input is made channels-last (the conv kernels' fast layout; the model's weights are
 converted by `multimodal.prepare_for_device`).
+Stages (the encoders' stage API, dyncim/models/encoders.py): ResNet-18's four, the stem with the
+first; outputs (B, C_k, H, W), or (B, C_k, T, H, W) for frame stacks (a view of the per-frame maps,
+no copy), C_k = width x (1, 2, 4, 8).
 """
 from __future__ import annotations
 
@@ -49,6 +52,7 @@ class ResNet18Encoder(Encoder):
             cin = cout
         self.layers = nn.Sequential(*layers)
         self.out_dim = cin
+        self.stage_dims = tuple(width * mult for mult in (1, 2, 4, 8))
         for m in self.modules():  # OGM-GE's initialisation
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -64,3 +68,38 @@ class ResNet18Encoder(Encoder):
             x = x.to(dtype=self.amp or x.dtype, memory_format=torch.channels_last)
         h = self.layers(self.stem(x)).mean((2, 3))
         return h.view(B, T, -1).mean(1) if self.frames else h
+
+    # --- stages: what `encode` does, split at the four stages (the same operations) ----------
+    def _stage_input(self, x):
+        if self.frames:
+            B, T = x.shape[:2]
+            x = x.flatten(0, 1)
+        if x.is_cuda:
+            x = x.to(dtype=self.amp or x.dtype, memory_format=torch.channels_last)
+        return self._sample_major(x, B, T) if self.frames else x
+
+    def _stage(self, k, h):
+        if self.frames:
+            B, T = h.shape[0], h.shape[2]
+            h = self._frame_major(h)
+        if k == 0:
+            h = self.stem(h)
+        h = self.layers[2 * k + 1](self.layers[2 * k](h))
+        return self._sample_major(h, B, T) if self.frames else h
+
+    def _stage_output(self, h):
+        if self.frames:
+            B, T = h.shape[0], h.shape[2]
+            h = self._frame_major(h)
+        h = h.mean((2, 3))
+        return h.view(B, T, -1).mean(1) if self.frames else h
+
+    @staticmethod
+    def _sample_major(h, B: int, T: int):
+        """(B * T, C, H, W) per-frame maps -> a (B, C, T, H, W) view."""
+        return h.view(B, T, *h.shape[1:]).transpose(1, 2)
+
+    @staticmethod
+    def _frame_major(h):
+        """(B, C, T, H, W) -> (B * T, C, H, W) (a view when h is one of _sample_major's)."""
+        return h.transpose(1, 2).flatten(0, 1)
