@@ -79,12 +79,12 @@ repro: $(DSTAMP)
 	dvc repro
 
 bench: $(DSTAMP)
-	$(PY) -m dyncim.bench
+	$(PY) -m dyncim.bench.timings
 
 # On a machine with a GPU: a CREMA-D-shaped epoch of joint and DynCIM with and without bf16
-# (samples/s, GPU busy fraction, peak memory) and the embedded default end to end (dyncim/bench_gpu.py).
+# (samples/s, GPU busy fraction, peak memory) and the embedded default end to end (dyncim/bench/gpu.py).
 bench-gpu: $(STAMP)
-	$(PY) -m dyncim.bench_gpu --embedded
+	$(PY) -m dyncim.bench.gpu --embedded
 
 tensorboard: $(STAMP)
 	tensorboard --logdir runs

@@ -141,7 +141,7 @@ def cmd_train(args):
 
 
 def cmd_evaluate(args):
-    from .evaluate import evaluate_data
+    from .evaluation.evaluate import evaluate_data
     job = _job(args, lambda C, p: C.evaluate_job(p, _dataset(C, p, args.data)))
     data, root = _one(job, "datasets"), Path(args.root)
     features = Path(args.features) if args.features else root / paths.features_file(data)
@@ -151,7 +151,7 @@ def cmd_evaluate(args):
 
 
 def cmd_report(args):
-    from .report import write
+    from .report.summary import write
     job = _job(args, lambda C, p: C.report_job(p))
     outputs = {k: Path(getattr(args, k)) for k in [*paths.SUMMARY, "metrics"] if getattr(args, k)}
     md = write(job, Path(args.root), outputs)
@@ -160,7 +160,7 @@ def cmd_report(args):
 
 
 def cmd_robustness(args):
-    from .robustness import write
+    from .evaluation.robustness import write
     job = _job(args, lambda C, p: C.robustness_job(p, _dataset(C, p, args.data)))
     data, root = _one(job, "datasets"), Path(args.root)
     features = Path(args.features) if args.features else root / paths.features_file(data)
@@ -181,7 +181,7 @@ def _figure_outputs(outs) -> dict:
 
 
 def cmd_figures(args):
-    from .figures import write_all
+    from .report.figures import write_all
     job = _job(args, lambda C, p: C.figures_job(p, _dataset(C, p, args.data)))
     data, root = _one(job, "datasets"), Path(args.root)
     outputs = (_figure_outputs(args.out) if args.out else
@@ -193,7 +193,7 @@ def cmd_figures(args):
 
 
 def cmd_report_md(args):
-    from .report_md import write
+    from .report.markdown import write
     job = _job(args, lambda C, p: C.report_job(p))
     root = Path(args.root)
     out = Path(args.out) if args.out else root / paths.REPORT

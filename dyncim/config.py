@@ -304,7 +304,7 @@ def load(path: str | Path = "params.yaml") -> dict:
 
 # What each data source is and where its code lives: dyncim.data.catalog (torch-free).
 # `media` keys that say where raw files come from or how fast they are processed, not which
-# samples, labels or split a set has (left out of the report's protocol, dyncim.sanity)
+# samples, labels or split a set has (left out of the report's protocol, dyncim.report.sanity)
 MEDIA_LOCATION_KEYS = frozenset({"base_url", "from_dir", "clip_list", "url", "sha256", "from_path", "link",
                                  "jobs", "workers", "index", "lists", "batch_size"})
 
@@ -349,7 +349,7 @@ def split_description(params: dict, data: str) -> str:
 def data_info(params: dict, data: str) -> dict:
     """What the report says about a data set: its source, its split in words and its protocol
     (the `media` settings that define its samples and labels, e.g. CREMA-D's split, MOSEI's task),
-    which the sanity ranges are matched against (dyncim.sanity)."""
+    which the sanity ranges are matched against (dyncim.report.sanity)."""
     ds = params["datasets"][data]
     protocol = {}
     if data_catalog.source(ds["source"]).settings == "media":

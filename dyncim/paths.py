@@ -87,7 +87,7 @@ def eval_file(data: str, method: str, seed) -> str:
 
 
 SUMMARY = {"md": "results/summary.md", "csv": "results/summary.csv", "json": "results/summary.json",
-           "sanity": "results/sanity.json"}   # per data set: its split and the sanity-range checks (dyncim.sanity)
+           "sanity": "results/sanity.json"}   # per data set: its split and the sanity-range checks (dyncim.report.sanity)
 
 # The DVC metrics: one small JSON per method ({data: mean test accuracy}) and DynCIM's margin over
 # joint, so that `dvc metrics show` prints a row per method and a column per data set.
@@ -112,10 +112,10 @@ def robustness_csv(data: str) -> str:
     return f"{ROBUSTNESS_PLOTS}/{data}.csv"
 
 
-FIGURE_KINDS = ("accuracy", "rebalance", "curves", "dyncim", "robustness")   # dyncim.figures draws them
+FIGURE_KINDS = ("accuracy", "rebalance", "curves", "dyncim", "robustness")   # dyncim.report.figures draws them
 
 
-# the critical-difference diagram of every method's mean rank over the run's data sets (dyncim.ranks)
+# the critical-difference diagram of every method's mean rank over the run's data sets (dyncim.report.ranks)
 RANKS_FIGURE = "results/figures/critical-difference.png"
 
 

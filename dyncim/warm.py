@@ -53,8 +53,8 @@ COMMANDS = frozenset({"split", "features", "train", "evaluate", "robustness", "r
                       "report-md"})
 # what the worker imports before serving: everything the steps above spend start-up time on
 PRELOAD = ("torch", "torch._dynamo", "torch.optim", "torch.utils.tensorboard", "numpy", "yaml",
-           "jsonschema", "dyncim.cli", "dyncim.config", "dyncim.train.job", "dyncim.evaluate",
-           "dyncim.robustness", "dyncim.report", "dyncim.figures", "dyncim.report_md",
+           "jsonschema", "dyncim.cli", "dyncim.config", "dyncim.train.job", "dyncim.evaluation.evaluate",
+           "dyncim.evaluation.robustness", "dyncim.report.summary", "dyncim.report.figures", "dyncim.report.markdown",
            "dyncim.methods.catalog")
 # environment variables read when those modules are imported (thread pools, allocators, CPU
 # dispatch, import paths): a client whose values differ runs the step itself

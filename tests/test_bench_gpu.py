@@ -1,4 +1,4 @@
-"""The GPU check script (dyncim/bench_gpu.py, `make bench-gpu`) runs: at a tiny size on the CPU here,
+"""The GPU check script (dyncim/bench/gpu.py, `make bench-gpu`) runs: at a tiny size on the CPU here,
 so that a session lent a GPU can run it as it is. Its figures are not asserted (timings belong
 to the benchmark), only that every setting ran and reported them."""
 import json
@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from dyncim import bench_gpu
+from dyncim.bench import gpu as bench_gpu
 from dyncim.data import store as S
 
 TINY = ["--train", "12", "--size", "16", "--width", "2", "--batch", "4", "--epochs", "1"]
@@ -121,7 +121,7 @@ def test_a_sharing_job_ends_when_its_parent_is_gone(tmp_path):
     """A job whose parent was killed (at a time limit) exits instead of staying on the GPU."""
     import subprocess
     import sys
-    r = subprocess.run([sys.executable, "-m", "dyncim.bench_gpu", "_share_worker", "--store", str(tmp_path),
+    r = subprocess.run([sys.executable, "-m", "dyncim.bench.gpu", "_share_worker", "--store", str(tmp_path),
                         "--dir", str(tmp_path), "--job", "0", "--parent", "1", "--params", "params.yaml",
                         "--method", "joint", "--amp", "auto", "--epochs", "1", "--batch", "4", "--width", "2"],
                        cwd=bench_gpu.REPO, timeout=60)

@@ -1,10 +1,10 @@
-"""`dyncim.bench_media`'s loaders (not its timings): the peers' JPEG loader against the store path on
+"""`dyncim.bench.media`'s loaders (not its timings): the peers' JPEG loader against the store path on
 a few tiny synthetic CREMA-D clips."""
 import numpy as np
 import pytest
 import torch
 
-from dyncim import bench_media as B
+from dyncim.bench import media as B
 from dyncim.data import extract as E
 from dyncim.data import media as M
 from dyncim.data.store import open_split

@@ -30,11 +30,11 @@ def test_train_runs_the_config_module_and_only_its_own_method():
 
 def test_cli_counts_module_level_imports_and_the_steps_own():
     report = set(codedeps.step_files("report"))
-    assert "dyncim/report.py" in report and "dyncim/paths.py" in report
+    assert "dyncim/report/summary.py" in report and "dyncim/paths.py" in report
     assert not any(f.startswith(("dyncim/train/", "dyncim/methods/", "dyncim/models/")) for f in report)
     assert "dyncim/config.py" not in set(codedeps.step_files("features"))  # jobs get --job, never read params
     evaluate = set(codedeps.step_files("evaluate", ["joint", "dyncim"]))
-    assert {"dyncim/evaluate.py", "dyncim/methods/joint.py", "dyncim/methods/dyncim.py"} <= evaluate
+    assert {"dyncim/evaluation/evaluate.py", "dyncim/methods/joint.py", "dyncim/methods/dyncim.py"} <= evaluate
     with pytest.raises(ValueError, match="not a step"):
         codedeps.step_files("nope")
 

@@ -9,7 +9,7 @@ import torch
 from torch.nn import functional as F
 
 from dyncim import config as C
-from dyncim.evaluate import load_run
+from dyncim.evaluation.evaluate import load_run
 from dyncim.methods.base import Context
 from dyncim.methods.dyncim import DynCIM, log_gmr, log_hmir, self_paced_weights
 from dyncim.models import build_model

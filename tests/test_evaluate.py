@@ -3,8 +3,8 @@ import statistics
 
 import torch
 
-from dyncim.evaluate import linear_probe
-from dyncim.report import collect, markdown
+from dyncim.evaluation.evaluate import linear_probe
+from dyncim.report.summary import collect, markdown
 
 
 def test_linear_probe_separates_what_is_linearly_separable_and_nothing_else():
@@ -46,7 +46,7 @@ def test_a_checkpoint_saved_before_a_method_key_was_added_still_loads(tmp_path):
     defaults when an older checkpoint is evaluated."""
     import torch
     from dyncim import config as C
-    from dyncim.evaluate import evaluate_run
+    from dyncim.evaluation.evaluate import evaluate_run
     from dyncim.train.loop import Trainer
     from tests.conftest import TRAIN_CFG, tiny_features
     feats = tiny_features()
@@ -67,7 +67,7 @@ def test_diagnostics_are_a_method_hook_called_once_on_the_test_split(tmp_path, m
     `diagnostics` in the record); a method that has some gets the test split in evaluation batches."""
     import torch
     from dyncim import config as C
-    from dyncim.evaluate import evaluate_run
+    from dyncim.evaluation.evaluate import evaluate_run
     from dyncim.methods.base import Method
     from dyncim.methods.joint import Joint
     from dyncim.train.loop import Trainer

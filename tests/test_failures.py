@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from dyncim.evaluate import load_run
+from dyncim.evaluation.evaluate import load_run
 from dyncim.train.job import train_seed
 from tests.conftest import REPO, copy_repo, tiny_features, venv_env
 from tests.test_pipeline import job_counts, snakemake, user_given_mfeat

@@ -4,7 +4,9 @@ import struct
 import pytest
 import torch
 
-from dyncim import figures, paths, robustness
+from dyncim.report import figures
+from dyncim import paths
+from dyncim.evaluation import robustness
 from tests.conftest import TRAIN_CFG, tiny_features
 from tests.test_robustness import METHODS, pipeline  # noqa: F401  (fixture)
 

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from dyncim import gpu_check
+from dyncim.bench import gpu_check
 from tests.conftest import REPO, venv_env
 
 
@@ -83,8 +83,8 @@ def test_without_git_the_checkout_is_copied_without_its_outputs(tmp_path, monkey
             raise FileNotFoundError("git")
         return real(cmd, *a, **k)
     monkeypatch.setattr(subprocess, "run", no_git)
-    dest = gpu_check.copy_repo(tmp_path / "copy")   # dyncim.bench.copy_repo
-    assert (dest / "Snakefile").is_file() and (dest / "dyncim" / "gpu_check.py").is_file()
+    dest = gpu_check.copy_repo(tmp_path / "copy")   # dyncim.bench.timings.copy_repo
+    assert (dest / "Snakefile").is_file() and (dest / "dyncim" / "bench" / "gpu_check.py").is_file()
     for name in ("models", "results", ".venv", ".git", ".snakemake"):
         assert not (dest / name).exists(), name
     assert os.path.getsize(dest / "params.yaml") == os.path.getsize(REPO / "params.yaml")

@@ -219,7 +219,7 @@ def test_mm_imdb_extraction_resume_training_and_f1(tmp_path, models, monkeypatch
     res = json.loads((tmp_path / paths.eval_file("mm", "joint", 0)).read_text())
     assert "acc" not in res and set(res["modalities"]) == {"text", "image"}
     # the evaluation's F1 equals F1 recomputed from the chosen model's test logits
-    from dyncim.evaluate import load_run
+    from dyncim.evaluation.evaluate import load_run
     from dyncim.train.inference import evaluate_split
     _, [(part, sub, method, model)] = load_run(tmp_path / paths.best_model("mm", "joint", 0), data, "cpu")
     test = data.index("test")

@@ -350,7 +350,7 @@ def test_training_learns_rebalances_and_resumes_exactly(tmp_path):
 
 
 def test_evaluation_of_a_trained_run_runs_the_mmtm_and_reports_utilisation_rates(tmp_path):
-    from dyncim.evaluate import evaluate_run
+    from dyncim.evaluation.evaluate import evaluate_run
     from dyncim.train.inference import evaluate_split
     from dyncim.train.job import train_seed
     P = C.resolve(yaml.safe_load((REPO / "params.yaml").read_text()))
@@ -364,7 +364,7 @@ def test_evaluation_of_a_trained_run_runs_the_mmtm_and_reports_utilisation_rates
     assert set(res["diagnostics"]) == {"u_m0_given_m1", "u_m1_given_m0", "d_util"}
     assert all(math.isfinite(v) for v in res["diagnostics"].values())
     # the evaluated model runs its MMTM blocks (the model's stage mixer), predicting the heads' mean
-    from dyncim.evaluate import load_run
+    from dyncim.evaluation.evaluate import load_run
     _, built = load_run(best, feats, "cpu")
     _, _, method, model = built[0]
     idx = feats.index("test")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from dyncim.evaluate import load_run
+from dyncim.evaluation.evaluate import load_run
 from dyncim.methods.base import Context
 from dyncim.methods.umt import UMT
 from dyncim.models import build_model

@@ -1,4 +1,4 @@
-"""The carried packages' check (dyncim.offline_deps) against this environment, which holds them."""
+"""The carried packages' check (dyncim.bench.offline_deps) against this environment, which holds them."""
 import importlib.metadata as md
 import re
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from dyncim import offline_deps as O
+from dyncim.bench import offline_deps as O
 from tests.conftest import REPO
 
 
@@ -64,7 +64,7 @@ def test_a_line_that_is_not_a_pin_is_refused(tmp_path):
 
 def test_the_command_runs_without_torch():
     code = ("import runpy, sys; sys.argv = ['x', 'resources/gpu-node/carry.txt']\n"
-            "try: runpy.run_module('dyncim.offline_deps', run_name='__main__')\n"
+            "try: runpy.run_module('dyncim.bench.offline_deps', run_name='__main__')\n"
             "except SystemExit as e: assert 'torch' not in sys.modules; sys.exit(e.code)")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert r.returncode in (0, 1) and not r.stderr and r.stdout.strip(), (r.stdout, r.stderr)

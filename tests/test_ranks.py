@@ -1,11 +1,11 @@
-"""The field at a glance (dyncim.ranks): ranks, the Friedman test and the Nemenyi critical
+"""The field at a glance (dyncim.report.ranks): ranks, the Friedman test and the Nemenyi critical
 difference against values computed by hand on constructed numbers (Demšar 2006)."""
 import math
 
 import numpy as np
 import pytest
 
-from dyncim import ranks as R
+from dyncim.report import ranks as R
 
 # four data sets, four methods; higher is better. Ranks by hand:
 #   d1: a 0.9 (1), b 0.8 (2), c 0.7 (3), d 0.6 (4)
@@ -80,7 +80,7 @@ def test_critical_difference_by_hand_and_the_groups_within_it():
 
 
 def test_the_report_section_and_diagram(tmp_path):
-    from dyncim import figures, report_md
+    from dyncim.report import figures, markdown as report_md
     s = R.summarise(MEANS)
     png = figures.critical_difference(s, tmp_path / "cd.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,5 +1,5 @@
 """REPORT.md: every number in it is recomputed here from the per-run JSONs (and the robustness
-sweep's per-run accuracies), independently of dyncim.stats."""
+sweep's per-run accuracies), independently of dyncim.report.stats."""
 import json
 import random
 import re
@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from scipy.stats import ttest_rel
 
-from dyncim import paths, report_md
+from dyncim import paths
+from dyncim.report import markdown as report_md
 
 SEEDS = {"joint": [0, 1, 2], "joint-sum": [0, 1, 2], "unimodal": [0, 1, 2], "mla": [0, 1, 2],
          "dyncim": [0, 1, 2, 3, 4], "dyncim-no-gate": [0, 1, 2], "dyncim-no-sdc": [0, 1, 2]}
@@ -275,7 +276,7 @@ def test_report_without_robustness_or_figures(tmp_path):
 
 
 def test_dvc_metrics_are_the_headline_figures_and_replace_the_folder_whole(tmp_path, monkeypatch):
-    from dyncim import report
+    from dyncim.report import summary as report
     fake_outputs(tmp_path)
     out = tmp_path / "results" / "metrics"
     out.mkdir(parents=True)

@@ -8,9 +8,10 @@ import torch
 import yaml
 
 from dyncim import config as C
-from dyncim import paths, robustness
+from dyncim import paths
+from dyncim.evaluation import robustness
 from dyncim.atomic import torch_save, write_json
-from dyncim.evaluate import evaluate_run
+from dyncim.evaluation.evaluate import evaluate_run
 from dyncim.train.job import train_seed
 from tests.conftest import REPO, tiny_features
 
@@ -150,7 +151,7 @@ def _old_feature_sweep(built, feats, test, levels, seed, batch_size):
 
 def test_the_one_sweep_gives_the_stacked_sweeps_numbers_on_a_feature_file(pipeline, tmp_path):
     from dyncim.data.features import load
-    from dyncim.evaluate import load_run
+    from dyncim.evaluation.evaluate import load_run
     root, params, fpath = pipeline
     levels = (0.0, 0.5, 3.0)
     rec = robustness.sweep(params, "tiny", fpath, root=root, levels=levels, seed=4)

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from dyncim import config as C
-from dyncim import paths, robustness
+from dyncim import paths
+from dyncim.evaluation import robustness
 from dyncim.data.dataset import input_stats
 from dyncim.data.media_set import open_media
 from tests.conftest import TRAIN_CFG
@@ -32,7 +33,7 @@ def method_cfg(t: str) -> dict:
 def store_pipeline(tmp_path_factory):
     """Two-epoch tiny-ResNet runs of joint and dyncim on a tiny audio-visual store (12 train
     clips, one failed; 9 test clips), and their evaluation JSONs: (root, params, store)."""
-    from dyncim.evaluate import evaluate_data
+    from dyncim.evaluation.evaluate import evaluate_data
     from dyncim.train.job import train_job
     root = tmp_path_factory.mktemp("media-pipeline")
     store = av_store(root / "store", sizes=(12, 6, 9))
@@ -198,7 +199,7 @@ def _old_store_sweep(built, data, test, levels, stats, seed, batch_size):
 
 
 def test_the_one_sweep_gives_the_store_sweeps_numbers(store_pipeline, tmp_path):
-    from dyncim.evaluate import load_run
+    from dyncim.evaluation.evaluate import load_run
     root, params, store = store_pipeline
     rec = robustness.sweep(params, "av", store, root=root, levels=LEVELS, seed=3, device="cpu")
     data = open_media(store)

@@ -1,4 +1,4 @@
-"""Sanity ranges (dyncim.sanity, resources/sanity/ranges.yaml): the range check with published
+"""Sanity ranges (dyncim.report.sanity, resources/sanity/ranges.yaml): the range check with published
 numbers, which protocols it applies to, and, on real runs through training, evaluation and the
 report, that a broken loader (features all zeros: the modality trained alone at chance) is
 flagged in summary.md, REPORT.md, sanity.json and the log, while a working one is not."""
@@ -10,9 +10,10 @@ import torch
 import yaml
 
 from dyncim import config as C
-from dyncim import paths, report, report_md, sanity
+from dyncim import paths
+from dyncim.report import summary as report, markdown as report_md, sanity
 from dyncim.data import features
-from dyncim.evaluate import evaluate_data
+from dyncim.evaluation.evaluate import evaluate_data
 from dyncim.train.job import train_job
 from tests.conftest import REPO
 

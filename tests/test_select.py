@@ -9,9 +9,10 @@ import torch
 import yaml
 
 from dyncim import config as C
-from dyncim import paths, report_md
+from dyncim import paths
+from dyncim.report import markdown as report_md
 from dyncim.atomic import torch_save
-from dyncim.evaluate import evaluate_run
+from dyncim.evaluation.evaluate import evaluate_run
 from dyncim.train import select
 from dyncim.train.job import train_job
 from tests.conftest import REPO, tiny_features

@@ -3,7 +3,7 @@ import statistics
 
 import pytest
 
-from dyncim import stats
+from dyncim.report import stats
 
 
 def test_paired_t_test_gives_the_known_p_value():

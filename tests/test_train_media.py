@@ -78,7 +78,7 @@ def test_bf16_autocast_runs_the_encoders_and_keeps_methods_in_float32(av, tmp_pa
 
 
 def test_train_job_and_evaluation_from_a_store_folder(tmp_path):
-    from dyncim.evaluate import evaluate_data
+    from dyncim.evaluation.evaluate import evaluate_data
     from dyncim.train.job import train_job
     store = av_store(tmp_path / "store", sizes=(12, 6, 6))
     mcfg = method_cfg("dyncim")

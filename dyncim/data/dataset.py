@@ -10,7 +10,7 @@ train 0, val 1, test 2) and `index(part)` the indices of one split. `batch(idx)`
 modality's model inputs for the samples `idx` (evaluation inputs unless `train`); `shapes` their
 per-sample shapes (an int for vectors), what the encoders are built for.
 
-The robustness sweep (dyncim.robustness) corrupts one modality of a batch at a time, in units of
+The robustness sweep (dyncim.evaluation.robustness) corrupts one modality of a batch at a time, in units of
 that modality's spread on train: `corruption_stats()[m]` gives its unit (`std`: one unit of noise)
 and the value a missing modality takes (`mean`); `corruption_noise` the unit noise of some test
 samples (a fixed draw per seed, modality and sample, whatever the method or the chunking);

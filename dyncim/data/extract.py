@@ -26,7 +26,7 @@ the trainer is to drop those samples.
 Streaming: workers return one clip's arrays each; at most `inflight` clips (default 4 per worker)
 are in flight, results are written in clip order at fixed file offsets (`os.pwrite`, no memory
 map) and never accumulate, and per-clip bookkeeping is a few bytes of numpy arrays, so memory stays
-bounded whatever the number of clips. Measured (`python -m dyncim.bench_media rss`, 2 workers,
+bounded whatever the number of clips. Measured (`python -m dyncim.bench.media rss`, 2 workers,
 CREMA-D recipe, 548 KB written per clip): the writer's peak RSS was 229.6 / 229.7 / 231.1 MiB for
 250 / 1,000 / 3,000 clips (224.5 MiB after importing torch and PyAV, before extracting), each
 worker's 222 MiB (mostly the torch import shared with the fork server), for 0.14 / 0.55 / 1.64 GB

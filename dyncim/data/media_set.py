@@ -33,7 +33,7 @@ float16: 2-4x smaller than the model inputs), and batches are gathered on the de
 array stays memory-mapped and each batch is gathered on the host into pinned memory and copied
 asynchronously. On the CPU, batches are gathered from the memory maps.
 
-Robustness (dyncim.robustness): the unit of a modality is the std of its *model inputs* on train,
+Robustness (dyncim.evaluation.robustness): the unit of a modality is the std of its *model inputs* on train,
 and a missing modality is every input value at their train mean: the mean and std of every input
 value over (up to) the first 512 train samples in index order, evaluation transform
 (`dyncim.data.dataset.input_stats`, computed once per set and device); for frames, the

@@ -24,7 +24,7 @@ split indices, training config, `run.evaluate(index)`, `run.make_optimizer(group
     method.on_epoch_end(run)    # statistics, re-initialisation, weight updates
     method.log(writer, step)    # TensorBoard; step = the number of epochs done (1-based)
 
-and once per evaluated run, after training (dyncim.evaluate, on the model chosen on validation,
+and once per evaluated run, after training (dyncim.evaluation.evaluate, on the model chosen on validation,
 eval mode, no gradients; runs of one part only):
 
     method.diagnostics(model, data, test_idx, batch_size)   # the method's own test-split figures

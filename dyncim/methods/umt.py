@@ -20,7 +20,7 @@ The teachers are the pipeline's OWN `unimodal` runs of the same data set and see
 the train job (dyncim.train.job.method_extras) passes
     Context.extras["teachers"] = <root>/models/<data>/<teacher>/seed<S>/best.pt
 (`teacher`: the params.yaml method instance, default `unimodal`). `setup` loads every modality's
-encoder from that file the way evaluation rebuilds a part (dyncim.evaluate.load_run: the part's
+encoder from that file the way evaluation rebuilds a part (dyncim.evaluation.evaluate.load_run: the part's
 in_dims, the teacher's own train_cfg and fusion, its best-on-validation state), freezes it and
 keeps it on the method; a missing file is an error naming it. The job adds the file's content
 hash to the run's resume fingerprint (dyncim.train.job.extras_fingerprint): a retrained teacher

@@ -1,7 +1,7 @@
 # The aggregated results (summary tables, DVC metrics), the figures of each data configuration
 # and REPORT.md, the last step. Figures and tables are marked for `snakemake --report`.
 
-# the published accuracy ranges both reports check each paper-scale set against (dyncim.sanity)
+# the published accuracy ranges both reports check each paper-scale set against (dyncim.report.sanity)
 SANITY_RANGES = os.path.relpath(sanity.RANGES_FILE)
 
 

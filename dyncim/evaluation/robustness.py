@@ -33,10 +33,11 @@ from pathlib import Path
 
 import torch
 
-from . import multilabel as ML
-from . import paths, stats
-from .atomic import write_json, write_text
-from .config import load_schema
+from .. import multilabel as ML
+from .. import paths
+from ..report import stats
+from ..atomic import write_json, write_text
+from ..config import load_schema
 
 # The defaults of params.yaml's `robustness` (the schema writes them once): noise std in units of
 # the modality's train feature std, and the seed of the noise draw.
@@ -160,8 +161,8 @@ def sweep(params: dict, data: str, features_path: str | Path, root: str | Path =
     dyncim.paths.best_model under `root`. `features_path`: a feature file (FeatureSet) or a store
     (its folder or JSON summary: MediaSet), loaded with params' `resident_fraction`; `device`:
     where the models run ("auto": CUDA if there is one). Returns the robustness record (see `write`)."""
-    from .data.media_set import load_data
-    from .device import pick_device
+    from ..data.media_set import load_data
+    from ..device import pick_device
     from .evaluate import load_run
     root = Path(root)
     if "threads" in params:

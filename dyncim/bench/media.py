@@ -16,9 +16,9 @@
 - `rss_of_extraction(n)`: peak resident memory of an extraction of n synthetic clips, run in a
   fresh process (the writer's and the largest worker's), to show that it does not grow with n.
 
-    python -m dyncim.bench_media loading [--clips 48] [--device cpu]
-    python -m dyncim.bench_media rss [--n 100 400] [--recipe vggsound]
-    python -m dyncim.bench_media discovery [--n 2000 20000 200000]
+    python -m dyncim.bench.media loading [--clips 48] [--device cpu]
+    python -m dyncim.bench.media rss [--n 100 400] [--recipe vggsound]
+    python -m dyncim.bench.media discovery [--n 2000 20000 200000]
 
 - `rss_of_discovery(ns)`: peak resident memory of VGGSound's media step (`prepare_vggsound`: three
   streamed passes over a vggsound.csv of n rows in 309 classes, a walk of a folder of n clips,
@@ -64,7 +64,7 @@ def write_jpeg_frames(clips, root: str | Path, fps: float = 1.0, quality: int = 
     pictures. Returns the clip folders."""
     from PIL import Image
 
-    from .data import media
+    from ..data import media
     root = Path(root)
     out = []
     for c in clips:
@@ -134,7 +134,7 @@ class JpegLoader:
         import torch
         from PIL import Image
 
-        from .data import media
+        from ..data import media
         folder = self.folders[i]
         files = sorted(os.listdir(folder))
         if not files:
@@ -183,7 +183,7 @@ def decode_loader(clips, split, recipe, augment, device="cpu"):
     of each clip, `extract.extract_clip`, then the same augmentation per sample, then stacking)."""
     import torch
 
-    from .data import extract as E
+    from ..data import extract as E
 
     def load(idx, train: bool):
         fr, au, lab = [], [], []
@@ -208,9 +208,9 @@ def bench_loading(clips, split_dir: str | Path, recipe="crema-d", batch_size: in
     leave as is)."""
     import torch
 
-    from .data import extract as E
-    from .data.store import open_split
-    from .data.augment import FrameAugment
+    from ..data import extract as E
+    from ..data.store import open_split
+    from ..data.augment import FrameAugment
     if threads:
         torch.set_num_threads(threads)
     recipe = E.get_recipe(recipe)
@@ -267,7 +267,7 @@ def bench_loading(clips, split_dir: str | Path, recipe="crema-d", batch_size: in
 
 def synthetic_crema_d(root: str | Path, n: int, seed: int = 0, **kwargs):
     """n CREMA-D-like clips (see the module docstring) in CREMA-D's layout."""
-    from .data import media
+    from ..data import media
     kw = dict(seconds=2.5, size=(360, 480), fps=30, texture=20.0, bit_rate=1_000_000, seed=seed,
               labels=("NEU", "HAP", "SAD", "FEA", "DIS", "ANG"), splits=("train",))
     kw.update(kwargs)
@@ -278,7 +278,7 @@ def loading(n_clips: int = 48, device: str = "cpu", batch_size: int = 32, min_se
             workers: int = 0, tmp: str | Path | None = None, modes=("train",), wav: str = "scipy") -> dict:
     """Make `n_clips` synthetic CREMA-D clips, extract them, and run `bench_loading` for each
     mode ("train": random resized crop + flip + normalise; "eval": resize + normalise)."""
-    from .data import extract as E
+    from ..data import extract as E
     with tempfile.TemporaryDirectory(dir=tmp) as d:
         clips = synthetic_crema_d(Path(d) / "raw", n_clips)
         out = E.extract_split(clips, "crema-d", Path(d) / "features" / "train",
@@ -320,8 +320,8 @@ def _rss_child(args) -> None:
     import resource
     import threading
 
-    from .data import extract as E
-    from .data.media import SyntheticClip
+    from ..data import extract as E
+    from ..data.media import SyntheticClip
     clips = [SyntheticClip(**c) for c in json.loads(Path(args.clip_list).read_text())][:args.n]
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     workers: dict[int, int] = {}
@@ -359,7 +359,7 @@ def rss_of_extraction(ns=(100, 400), workers: int = 2, tmp: str | Path | None = 
         lst.write_text(json.dumps([asdict(c) for c in clips]))
         out = []
         for n in ns:
-            r = subprocess.run([sys.executable, "-m", "dyncim.bench_media", "_rss_child", "--clip-list",
+            r = subprocess.run([sys.executable, "-m", "dyncim.bench.media", "_rss_child", "--clip-list",
                                 str(lst), "--n", str(n), "--out", str(Path(d) / f"feat{n}" / "train"),
                                 "--workers", str(workers), "--start-method", start_method,
                                 "--recipe", recipe],
@@ -371,7 +371,7 @@ def rss_of_extraction(ns=(100, 400), workers: int = 2, tmp: str | Path | None = 
 def _discovery_child(args) -> None:
     import resource
 
-    from .data.sources.vggsound import prepare_vggsound
+    from ..data.sources.vggsound import prepare_vggsound
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t = time.time()
     counts = prepare_vggsound(Path(args.out), args.index, from_dir=args.folder, jobs=args.jobs, log=None)
@@ -388,7 +388,7 @@ def rss_of_discovery(ns=(2000, 20000, 200000), jobs: int = 2, tmp: str | Path | 
     with tempfile.TemporaryDirectory(dir=tmp) as d:
         d = Path(d)
         one = d / "one.mp4"
-        from .data import media
+        from ..data import media
         media.encode_video(one, media.colour_frames(1.0, 10, 24, 32), 10, "mpeg4",
                            audio=media.tone(1.0, 16000, 440.0), sample_rate=16000)
         out = []
@@ -401,7 +401,7 @@ def rss_of_discovery(ns=(2000, 20000, 200000), jobs: int = 2, tmp: str | Path | 
                     yt, start = f"y{i:010d}", 10 * (i % 30)
                     w.writerow([yt, start, f"class {i % 309:03d}", "test" if i % 13 == 0 else "train"])
                     os.symlink(one, folder / f"{yt}_{start:06d}.mp4")
-            r = subprocess.run([sys.executable, "-m", "dyncim.bench_media", "_discovery_child", "--index", str(index),
+            r = subprocess.run([sys.executable, "-m", "dyncim.bench.media", "_discovery_child", "--index", str(index),
                                 "--folder", str(folder), "--out", str(d / f"raw{n}"), "--n", str(n),
                                 "--jobs", str(jobs)], capture_output=True, text=True, check=True)
             out.append(json.loads(r.stdout.strip().splitlines()[-1]))
@@ -411,7 +411,7 @@ def rss_of_discovery(ns=(2000, 20000, 200000), jobs: int = 2, tmp: str | Path | 
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m dyncim.bench_media", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m dyncim.bench.media", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("loading")
     a.add_argument("--clips", type=int, default=48)

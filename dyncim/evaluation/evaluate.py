@@ -17,14 +17,14 @@ import torch
 from torch.nn import functional as F
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
 
-from . import multilabel as ML
-from .atomic import write_json
-from .config import with_method_defaults
-from .data.dataset import DataSet
-from .data.media_set import MediaSet, load_data
-from .data.sources.synthetic import CORRUPTION_CODES
-from .train.assemble import assemble
-from .train.inference import evaluate_split
+from .. import multilabel as ML
+from ..atomic import write_json
+from ..config import with_method_defaults
+from ..data.dataset import DataSet
+from ..data.media_set import MediaSet, load_data
+from ..data.sources.synthetic import CORRUPTION_CODES
+from ..train.assemble import assemble
+from ..train.inference import evaluate_split
 
 PROBE_RIDGE = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # L2 strength per training sample
 
@@ -148,7 +148,7 @@ def evaluate_data(params: dict, data: str, features_path: Path, root: Path = Pat
     """Every method and seed of the run list on one data set. `params`: resolved params or an
     evaluate job's configuration (dyncim.config.evaluate_job); models are read under `root`;
     `outputs`: one file per run, in the job's order (default: dyncim.paths under `root`)."""
-    from . import paths
+    from .. import paths
     runs = [(m, s) for m in params["run"]["methods"] for s in params["methods"][m]["seeds"]]
     if outputs is None:
         outputs = [root / paths.eval_file(data, m, s) for m, s in runs]
@@ -161,7 +161,7 @@ def evaluate_data(params: dict, data: str, features_path: Path, root: Path = Pat
     # feature file's small MLPs on the host, as always; a store's encoders (ResNet-18 over every
     # split) on the job's device.
     if isinstance(feats, MediaSet):
-        from .device import pick_device
+        from ..device import pick_device
         device = pick_device(params.get("device", "auto"))
         feats = feats.to(device)
     for (method, seed), out in zip(runs, outputs):

@@ -7,7 +7,7 @@ the same numbers in long form; summary.md is the table `make run` prints. The DV
 small JSON per method ({data set: mean test accuracy}) and DynCIM's margin over joint, so that
 `dvc metrics show` prints a row per method and a column per data set, and `dvc metrics diff`
 lists only what moved. sanity.json says, per data set, which split its numbers are on and how its
-unimodal and joint accuracies compare with the published ranges (dyncim.sanity); summary.md says
+unimodal and joint accuracies compare with the published ranges (dyncim.report.sanity); summary.md says
 the same, and each accuracy outside its range is also a warning on stderr (the report's log).
 """
 from __future__ import annotations
@@ -19,8 +19,9 @@ import statistics
 import sys
 from pathlib import Path
 
-from . import paths, sanity, stats
-from .atomic import write_json, write_json_dir, write_text
+from .. import paths
+from . import sanity, stats
+from ..atomic import write_json, write_json_dir, write_text
 
 # The margin's metrics file; '_' cannot start a method name (the schema), so it names no method.
 MARGIN = "_dyncim-minus-joint"
@@ -75,7 +76,7 @@ def _md_table(methods: dict, names: list[str], rank: bool) -> str:
 
 
 def markdown(table: dict, params: dict, checks: dict | None = None) -> str:
-    """`checks`: {data: dyncim.sanity.check_data record}, for each data set's sanity lines."""
+    """`checks`: {data: dyncim.report.sanity.check_data record}, for each data set's sanity lines."""
     out = ["# Results (test split; model chosen on validation; mean ± std over seeds)", "",
            "`acc`, `macro_f1`: the fused prediction. Per modality, `own`: the modality's own part of the "
            "prediction; `probe`: a linear probe on its frozen encoder (how well the encoder learned).", ""]
@@ -127,7 +128,7 @@ def write(params: dict, root: Path = Path("."), outputs: dict[str, Path] | None 
           ranges: dict | None = None) -> str:
     """`params`: resolved params or a report job's configuration (dyncim.config.report_job);
     `outputs`: {"md", "csv", "json", "sanity", "metrics"} paths (default, and for each one left
-    out: dyncim.paths under `root`); `ranges`: dyncim.sanity.load_ranges()'s mapping (default:
+    out: dyncim.paths under `root`); `ranges`: dyncim.report.sanity.load_ranges()'s mapping (default:
     the shipped file)."""
     out = {k: root / v for k, v in paths.SUMMARY.items()} | {"metrics": root / paths.METRICS_DIR} | (outputs or {})
     table = collect(params, root)

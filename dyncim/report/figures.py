@@ -15,8 +15,9 @@ from pathlib import Path
 import matplotlib
 from matplotlib.figure import Figure
 
-from . import paths, stats
-from .atomic import atomic_path
+from .. import paths
+from . import stats
+from ..atomic import atomic_path
 
 KINDS = paths.FIGURE_KINDS
 DPI = 100
@@ -188,7 +189,7 @@ def trajectories(scalars: dict, names: list[str], out, title: str = "") -> Path:
 
 
 def robustness(record: dict, out, title: str = "") -> Path:
-    """`record`: dyncim.robustness's output. Per modality, test accuracy against the noise level
+    """`record`: dyncim.evaluation.robustness's output. Per modality, test accuracy against the noise level
     (and, at the right, the modality missing), mean over seeds, one line per method (± std error
     bars for joint and dyncim)."""
     names, levels, summ = record["names"], record["levels"], record["summary"]
@@ -220,7 +221,7 @@ def robustness(record: dict, out, title: str = "") -> Path:
 # --- reading what the pipeline wrote ---------------------------------------------------------
 
 def critical_difference(summary: dict, out, title: str = "") -> Path:
-    """A critical-difference diagram (Demšar 2006, Fig. 1) of `summary` (dyncim.ranks.summarise):
+    """A critical-difference diagram (Demšar 2006, Fig. 1) of `summary` (dyncim.report.ranks.summarise):
     the methods on an axis of mean rank (1, the best, on the left), the CD as a bar above it, and a
     thick line under each group of methods no further apart than the CD."""
     methods, ranks, cd = summary["methods"], summary["mean_rank"], summary["cd"]

@@ -108,7 +108,7 @@ def compare(values: dict, references=("joint", "dyncim")) -> dict:
 
 def summary(values) -> dict | None:
     """Mean ± sample std (statistics.stdev; 0 for one value) and n of the non-None values, as
-    dyncim.report computes them; None without a value."""
+    dyncim.report.summary computes them; None without a value."""
     values = [float(v) for v in values if v is not None]
     if not values:
         return None
@@ -123,7 +123,7 @@ def load_runs(params: dict, data: str, root=".") -> dict:
     import json
     from pathlib import Path
 
-    from . import paths
+    from .. import paths
     root = Path(root)
     out = {}
     for method in params["run"]["methods"]:

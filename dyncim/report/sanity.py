@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-RANGES_FILE = Path(__file__).resolve().parent.parent / "resources" / "sanity" / "ranges.yaml"
+RANGES_FILE = Path(__file__).resolve().parents[2] / "resources" / "sanity" / "ranges.yaml"
 
 
 def load_ranges(path: str | Path = RANGES_FILE) -> dict:
@@ -66,7 +66,7 @@ def _check(method: str, what: str, values: dict, entry: dict, missing: str = "")
 def check_data(info: dict | None, runs: dict, types: dict, ranges: dict | None = None) -> dict:
     """The sanity record of one data set. `info`: dyncim.config.data_info (None: not known, as in
     a hand-made report configuration); `runs`: {method: {seed: evaluation JSON}}
-    (dyncim.stats.load_runs); `types`: {method: method type}; `ranges`: load_ranges()'s mapping
+    (dyncim.report.stats.load_runs); `types`: {method: method type}; `ranges`: load_ranges()'s mapping
     (None: the shipped file). Returns {source, split, checks: [...], flagged} or, where nothing
     applies, {..., skipped: why}."""
     if info is None:

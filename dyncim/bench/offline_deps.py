@@ -10,7 +10,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-CARRY = Path(__file__).resolve().parent.parent / "resources" / "gpu-node" / "carry.txt"
+CARRY = Path(__file__).resolve().parents[2] / "resources" / "gpu-node" / "carry.txt"
 
 
 def pins(carry_file: str | Path) -> dict[str, str]:
@@ -61,7 +61,7 @@ def problems(carry_file: str | Path = CARRY) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m dyncim.offline_deps", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m dyncim.bench.offline_deps", description=__doc__)
     ap.add_argument("carry_file", nargs="?", default=str(CARRY), help="default: %(default)s")
     args = ap.parse_args(argv)
     found = problems(args.carry_file)

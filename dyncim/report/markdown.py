@@ -2,11 +2,11 @@
 macro-F1, each modality's own-head accuracy; mean ± std over seeds; best in bold; paired
 significance against `joint` and `dyncim`), the DynCIM ablation table, the robustness table and
 the figures beside them; before them, the split the numbers are on and, for a source with
-published ranges, the sanity check of its unimodal and joint accuracies (dyncim.sanity).
+published ranges, the sanity check of its unimodal and joint accuracies (dyncim.report.sanity).
 
 Every number is recomputed here from the per-run evaluation JSONs and the robustness sweep's
-per-run accuracies (mean and sample std as dyncim.report computes them; paired tests by
-dyncim.stats), so a test can recompute each one. Torch-free.
+per-run accuracies (mean and sample std as dyncim.report.summary computes them; paired tests by
+dyncim.report.stats), so a test can recompute each one. Torch-free.
 """
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import json
 import os
 from pathlib import Path
 
-from . import paths, ranks, sanity, stats
-from .atomic import write_text
+from .. import paths
+from . import ranks, sanity, stats
+from ..atomic import write_text
 
 REFERENCES = ("joint", "dyncim")
 DASH = "—"
@@ -165,7 +166,7 @@ def robustness_tables(record: dict, order: list[str]) -> list[str]:
 
 def sanity_section(params: dict, data: str, runs: dict, ranges: dict | None) -> list[str]:
     """The split a data set's numbers are on, and (for a source with published ranges) how its
-    unimodal and joint accuracies compare with them (dyncim.sanity)."""
+    unimodal and joint accuracies compare with them (dyncim.report.sanity)."""
     info = sanity.info_of(params, data)
     if info is None:
         return []
@@ -264,7 +265,7 @@ def field_means(all_runs: dict, params: dict) -> dict:
 
 def field_section(summary: dict, out: Path, figure: str | Path | None) -> list[str]:
     """The first section: every method's mean rank over the run's data sets, the Friedman test and
-    the Nemenyi critical difference (dyncim.ranks), and the critical-difference diagram."""
+    the Nemenyi critical difference (dyncim.report.ranks), and the critical-difference diagram."""
     datasets, fr, cd = summary["datasets"], summary["friedman"], summary["cd"]
     lines = ["## The field at a glance", "",
              f"Each data set ranks the methods by their mean test figure over seeds (1 = best; ties share "
@@ -298,7 +299,7 @@ def build(params: dict, out: str | Path = paths.REPORT, root: str | Path = ".",
     run.methods, methods.<m>.type and .seeds); evaluation JSONs are read under `root`
     (dyncim.paths); `robustness`: {data: robustness JSON path}; `figures`: {data: {kind: PNG path}}
     (paths relative to the current folder, or absolute; linked relative to `out`); `ranges`: the
-    sanity ranges (dyncim.sanity.load_ranges; default: the shipped file)."""
+    sanity ranges (dyncim.report.sanity.load_ranges; default: the shipped file)."""
     out = Path(out)
     robustness, figures = robustness or {}, figures or {}
     lines = ["# Report", "",

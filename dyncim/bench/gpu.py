@@ -9,8 +9,8 @@ Snakemake runs them). The JSON is rewritten after every row, so a run stopped at
 keeps the rows done. On a CPU it runs at tiny sizes (the tests). Figures measured with it belong
 in the docs, with their date and machine, not in this docstring.
 
-    python -m dyncim.bench_gpu [--train 5954] [--epochs 2] [--store DIR] [--embedded] [--out FILE]
-    python -m dyncim.bench_gpu --share 1 2 4 [--store DIR] [--out FILE]   # sharing runs only
+    python -m dyncim.bench.gpu [--train 5954] [--epochs 2] [--store DIR] [--embedded] [--out FILE]
+    python -m dyncim.bench.gpu --share 1 2 4 [--store DIR] [--out FILE]   # sharing runs only
 """
 from __future__ import annotations
 
@@ -29,17 +29,17 @@ from pathlib import Path
 
 import numpy as np
 
-from . import config as C
-from .atomic import write_json
+from .. import config as C
+from ..atomic import write_json
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CREMA_D_TRAIN = 5954   # the standard split's training clips (resources/splits/crema-d/splits.csv)
 
 
 def write_store(root: Path, train: int, size: int = 224, frames: int = 3, audio=(257, 188),
                 val: int = 64, test: int = 16, seed: int = 0) -> Path:
     """A CREMA-D-shaped store under `root` ({train,val,test}/), random content of the real dtypes."""
-    from .data import store as S
+    from ..data import store as S
     rng = np.random.default_rng(seed)
     classes = ["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"]
     specs = {"audio": (audio, "<f2"), "frames": ((frames, size, size, 3), "|u1")}
@@ -107,7 +107,7 @@ def _sync(device) -> None:
 
 def _trainer(data, params: dict, method: str, amp: str, epochs: int, batch: int, width: int, device, ckpt: Path):
     """The pipeline's Trainer on `data` for `method`, ResNet-18 of base `width`, `epochs` epochs."""
-    from .train.loop import Trainer
+    from ..train.loop import Trainer
     tcfg = {**C.train_config(params, "mfeat-pix-zer", method), "encoder": "auto", "resnet_width": width,
             "batch_size": batch, "eval_batch_size": batch, "lr": 1e-3, "amp": amp, "epochs": epochs}
     return Trainer(data, C.method_config(params, method), tcfg, 0, device, ckpt, None, "bench")
@@ -149,7 +149,7 @@ def epoch_figures(store: Path, methods, amps, epochs: int, batch: int, width: in
     large for the GPU. `on_row(rows)` is called after every row (the caller writes them)."""
     import torch
 
-    from .data.media_set import open_media
+    from ..data.media_set import open_media
     device = _device()
     rows = []
     settings = [(params.get("resident_fraction", 0.5), amp, m) for amp in amps for m in methods]
@@ -237,8 +237,8 @@ def _watch_parent(pid: int, every: float = 0.5) -> None:
 
 
 def share_worker(argv) -> int:
-    """One sharing job (`python -m dyncim.bench_gpu _share_worker ...`, started by `share_run`)."""
-    ap = argparse.ArgumentParser(prog="python -m dyncim.bench_gpu _share_worker")
+    """One sharing job (`python -m dyncim.bench.gpu _share_worker ...`, started by `share_run`)."""
+    ap = argparse.ArgumentParser(prog="python -m dyncim.bench.gpu _share_worker")
     for name, kind in (("--store", str), ("--dir", str), ("--job", int), ("--parent", int), ("--params", str),
                        ("--method", str), ("--amp", str), ("--epochs", int), ("--batch", int), ("--width", int)):
         ap.add_argument(name, type=kind, required=True)
@@ -249,7 +249,7 @@ def share_worker(argv) -> int:
     try:
         import torch
 
-        from .data.media_set import open_media
+        from ..data.media_set import open_media
         params = C.load(a.params)
         torch.set_num_threads(params["threads"])   # as a training job sets it
         device = _device()
@@ -292,7 +292,7 @@ def share_run(store: Path, k: int, method: str, amp: str, epochs: int, batch: in
         try:
             for i in range(k):
                 logs.append(open(d / f"log-{i}.txt", "w"))
-                cmd = [sys.executable, "-m", "dyncim.bench_gpu", "_share_worker", "--store", str(Path(store).resolve()),
+                cmd = [sys.executable, "-m", "dyncim.bench.gpu", "_share_worker", "--store", str(Path(store).resolve()),
                        "--dir", str(d), "--job", str(i), "--parent", str(os.getpid()),
                        "--params", str(Path(params_path).resolve()),
                        "--method", method, "--amp", amp, "--epochs", str(epochs), "--batch", str(batch),
@@ -381,7 +381,7 @@ def share_runs(store: Path, ks, method: str, amp: str, epochs: int, batch: int, 
 
 def embedded_runs(hide_gpu: bool) -> dict:
     """The embedded default's full run from clean in a temp copy, with the GPU visible (and hidden)."""
-    from .bench import _env, clean_outputs, copy_repo
+    from .timings import _env, clean_outputs, copy_repo
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = copy_repo(Path(tmp) / "repo")
@@ -402,7 +402,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["_share_worker"]:
         return share_worker(argv[1:])
-    ap = argparse.ArgumentParser(prog="python -m dyncim.bench_gpu", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m dyncim.bench.gpu", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default=str(REPO / "params.yaml"))
     ap.add_argument("--train", type=int, default=CREMA_D_TRAIN, help="training clips in the store")

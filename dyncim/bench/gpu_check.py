@@ -10,7 +10,7 @@ runs out of time leaves the earlier ones:
    `snakemake --version`, `snakemake -n` of the embedded default;
 2. tests: the CUDA tests and every method's hooks under bf16 autocast on the device
    (tests/test_methods_on_device.py with DYNCIM_TEST_DEVICE=cuda);
-3. bench: dyncim.bench_gpu's CREMA-D-shaped epochs (joint and DynCIM, ResNet-18, bf16 on and off,
+3. bench: dyncim.bench.gpu's CREMA-D-shaped epochs (joint and DynCIM, ResNet-18, bf16 on and off,
    resident and pinned store);
 4. pipeline: a real tiny paper pipeline through `snakemake`: synthetic CREMA-D clips in the real
    layout served on 127.0.0.1, download, extraction, ResNet-18 training and evaluation on the
@@ -21,7 +21,7 @@ runs out of time leaves the earlier ones:
 `check.json` holds every part's status and wall time and is rewritten after each part;
 `check.log` every part's output.
 
-    python -m dyncim.gpu_check [--dry] [--out DIR] [--budget 480] [--parts tests bench ...]
+    python -m dyncim.bench.gpu_check [--dry] [--out DIR] [--budget 480] [--parts tests bench ...]
 """
 from __future__ import annotations
 
@@ -39,9 +39,9 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from .bench import copy_repo
+from .timings import copy_repo
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CARRY = REPO / "resources" / "gpu-node" / "carry.txt"
 # name, time box (s), least time left for it to start (s); in order of value
 PARTS = (("preflight", 90, 20), ("tests", 150, 30), ("bench", 180, 60), ("pipeline", 180, 60),
@@ -102,7 +102,7 @@ def part_preflight(out: Path, dry: bool, work: Path, log) -> dict:
         from . import offline_deps
         res["carried_problems"] = offline_deps.problems(CARRY) if CARRY.is_file() else ["no carry list"]
     except ImportError as e:
-        res["carried_problems"] = [f"dyncim.offline_deps: {e}"]
+        res["carried_problems"] = [f"dyncim.bench.offline_deps: {e}"]
     run([sys.executable, "-m", "dyncim", "--help"], log)
     res["snakemake"] = subprocess.run(["snakemake", "--version"], capture_output=True, text=True,
                                       env=env_for_jobs(), check=True).stdout.strip()
@@ -141,14 +141,14 @@ def part_tests(out: Path, dry: bool, work: Path, log) -> dict:
 
 
 def part_bench(out: Path, dry: bool, work: Path, log) -> dict:
-    run([sys.executable, "-m", "dyncim.bench_gpu", *SIZES[dry], "--store", work / "store",
+    run([sys.executable, "-m", "dyncim.bench.gpu", *SIZES[dry], "--store", work / "store",
          "--out", out / "bench.json"], log)
     return json.loads((out / "bench.json").read_text())
 
 
 def part_share(out: Path, dry: bool, work: Path, log) -> dict:
     jobs = ["1", "2"] if dry else ["1", "2", "4"]
-    run([sys.executable, "-m", "dyncim.bench_gpu", *SIZES[dry], "--store", work / "store", "--share", *jobs,
+    run([sys.executable, "-m", "dyncim.bench.gpu", *SIZES[dry], "--store", work / "store", "--share", *jobs,
          "--out", out / "share.json"], log)
     return json.loads((out / "share.json").read_text())
 
@@ -168,8 +168,8 @@ def serve(root: Path):
 def crema_d_tree(www: Path, shipped: Path, n: int) -> dict:
     """n synthetic CREMA-D clips in the real layout under `www`, and the split file and LFS manifest
     that stand in for the shipped ones (written into `shipped`, a copy's resources/splits/crema-d)."""
-    from .data import download as D
-    from .data.media import write_synthetic_layout
+    from ..data import download as D
+    from ..data.media import write_synthetic_layout
     clips = write_synthetic_layout(www, "crema-d", n, labels=EMOTIONS, seconds=1.2, size=(120, 160), fps=10,
                                    splits=("train", "train", "train", "train", "val", "test"))
     with open(shipped / "splits.csv", "w", newline="") as f:
@@ -187,7 +187,7 @@ def crema_d_tree(www: Path, shipped: Path, n: int) -> dict:
 
 
 def part_pipeline(out: Path, dry: bool, work: Path, log) -> dict:
-    from . import paths
+    from .. import paths
     repo = copy_repo(work / "pipeline")
     www = work / "www"
     counts = crema_d_tree(www, repo / "resources" / "splits" / "crema-d", 12 if dry else 48)
@@ -219,7 +219,7 @@ def part_pipeline(out: Path, dry: bool, work: Path, log) -> dict:
 def part_embedded(out: Path, dry: bool, work: Path, log) -> dict:
     import torch
     if not dry:
-        from .bench_gpu import embedded_runs
+        from .gpu import embedded_runs
         return embedded_runs(hide_gpu=torch.cuda.is_available())
     repo = copy_repo(work / "embedded")
     res = {}
@@ -275,7 +275,7 @@ def kill_group(proc: subprocess.Popen) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m dyncim.gpu_check", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m dyncim.bench.gpu_check", description=__doc__.split("\n")[0])
     ap.add_argument("--dry", action="store_true", help="every part at tiny size (a CPU is enough)")
     ap.add_argument("--out", default=os.environ.get("GPU_CHECK_OUT", str(REPO / "bench" / "gpu")))
     ap.add_argument("--budget", type=float, default=480.0,
@@ -289,7 +289,7 @@ def main(argv=None) -> int:
     if args._part:
         return run_part(args._part, out, args.dry, Path(args._work))
 
-    from .device import torch_too_old
+    from ..device import torch_too_old
     import torch
     if (why := torch_too_old(torch.__version__)):
         print(why, file=sys.stderr)
@@ -314,7 +314,7 @@ def main(argv=None) -> int:
                 continue
             limit = min(box, left)
             t0 = time.time()
-            proc = subprocess.Popen([sys.executable, "-m", "dyncim.gpu_check", "--_part", name, "--_work", work,
+            proc = subprocess.Popen([sys.executable, "-m", "dyncim.bench.gpu_check", "--_part", name, "--_work", work,
                                      "--out", str(out), *(["--dry"] if args.dry else [])],
                                     env=env_for_jobs(), start_new_session=True)
             try:

@@ -14,7 +14,7 @@
    and float16 spectrograms, training augmentation) against the peers' own loader on the same
    synthetic CREMA-D clips (1 fps JPEG frames written beforehand, opened with PIL per sample, the
    spectrogram from the WAV per sample), and against decoding each FLV per sample on the fly
-   (dyncim.bench_media), in one run.
+   (dyncim.bench.media), in one run.
 Targets (issues): ratio <= 1.5 (MLP), <= 1.15 (ResNet-18), full run <= 600 s on 2 cores, no-op
 <= 5 s (Snakemake), <= 10 s (DVC), store >= 10x the peers' JPEG loader on a CPU.
 """
@@ -30,11 +30,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import config as C
-from . import paths
-from .atomic import write_json
+from .. import config as C
+from .. import paths
+from ..atomic import write_json
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 REFERENCE = "dyncim (impl: reference)"
 # store_vs_peers: the feature store against the peers' own loader (JPEG frames + per-sample STFT);
 # the 10x target was first set against decoding each FLV per sample, now reported without a target
@@ -54,8 +54,8 @@ def epoch_ratio(params: dict, data: str, methods=("joint", "dyncim"), epochs: in
     implementation, on one embedded configuration; ratios to the baseline."""
     import torch
 
-    from .data import features
-    from .train.loop import Trainer
+    from ..data import features
+    from ..train.loop import Trainer
     torch.set_num_threads(params["threads"])
     path = REPO / paths.features_file(data)
     if not path.exists():
@@ -92,8 +92,8 @@ def resnet_ratio(params: dict, batch: int, frames: int, steps: int, epochs: int,
     log-spectrogram (OGM-GE's audio recipe) and `frames` RGB frames of 224 x 224, 6 classes."""
     import torch
 
-    from .data.features import FeatureSet
-    from .train.loop import Trainer
+    from ..data.features import FeatureSet
+    from ..train.loop import Trainer
     torch.set_num_threads(os.cpu_count() or 1)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     n = batch * steps
@@ -122,9 +122,17 @@ def _timed(cmd, cwd) -> float:
     return time.perf_counter() - t0
 
 
-# what a copy of the checkout leaves out where git cannot list its files (outputs, environments)
-NOT_COPIED = ("data", "models", "runs", "results", "logs", "bench", ".snakemake", ".venv", ".gpu-wheels",
-              ".git", ".pytest_cache", "__pycache__", "*.pyc")
+# what a copy of the checkout leaves out where git cannot list its files: the outputs and
+# environments at its top (names such as `bench` also name package folders further down), and
+# caches anywhere
+NOT_COPIED_TOP = {"data", "models", "runs", "results", "logs", "bench", ".snakemake", ".venv", ".gpu-wheels",
+                  ".git", ".pytest_cache"}
+NOT_COPIED = shutil.ignore_patterns("__pycache__", "*.pyc")
+
+
+def _not_copied(folder, names):
+    top = NOT_COPIED_TOP if Path(folder) == REPO else set()
+    return top & set(names) | NOT_COPIED(folder, names)
 
 
 def copy_repo(work: Path) -> Path:
@@ -135,7 +143,7 @@ def copy_repo(work: Path) -> Path:
         files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, check=True,
                                capture_output=True, text=True).stdout.split()
     except (OSError, subprocess.CalledProcessError):
-        shutil.copytree(REPO, work, ignore=shutil.ignore_patterns(*NOT_COPIED), symlinks=True)
+        shutil.copytree(REPO, work, ignore=_not_copied, symlinks=True)
         return work
     for f in files:
         if (REPO / f).is_file():
@@ -201,7 +209,7 @@ def table(res: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m dyncim.bench", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m dyncim.bench.timings", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default=str(REPO / "params.yaml"))
     ap.add_argument("--data", nargs="+", default=["mfeat-pix-zer", "synthetic-bi"])
@@ -225,7 +233,7 @@ def main(argv=None) -> int:
         res["resnet18"] = resnet_ratio(params, args.resnet_batch, args.resnet_frames, args.resnet_steps,
                                        args.resnet_epochs)
     if args.media_clips:
-        from .bench_media import loading
+        from .media import loading
         res["media_loading"] = loading(args.media_clips, "cpu", modes=("train",))["train"]
     if args.full_runs:
         res["pipeline"] = pipeline_times(args.full_runs, args.repeat)

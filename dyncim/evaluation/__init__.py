@@ -1,0 +1,1 @@
+"""Evaluation of trained runs: test metrics per run and the robustness sweep."""
