@@ -7,7 +7,8 @@ import sys
 
 from snakemake.utils import update_config
 
-from dyncim import codedeps, paths, sanity
+from dyncim import codedeps, paths
+from dyncim.report import sanity
 from dyncim import config as dc
 from dyncim.data import catalog
 
