@@ -141,7 +141,7 @@ def _accuracies(built, data, test, levels, seed, batch_size) -> dict | None:
 
 def summarise(runs: dict, names: list[str], n_levels: int) -> dict:
     """{method: {'clean': stats, modality: {'levels': [stats per level], 'missing': stats}}},
-    mean ± sample std over seeds (dyncim.stats.summary)."""
+    mean ± sample std over seeds (dyncim.report.stats.summary)."""
     _stats = stats.summary
     out = {}
     for method, seeds in runs.items():
