@@ -227,6 +227,12 @@ def resolve(raw: dict, source: str = "params.yaml", check: bool = True) -> dict:
         raise ParamsError(f"{source}: split: train + val must be below 1 (the rest is test)")
     for d in params["run"]["datasets"] if check else ():   # the data itself, before any job runs
         check_data(params["datasets"][d], source, d)
+    for d in params["run"]["datasets"]:   # (a user's files: their kinds are known once they check)
+        stages = [m for m in params["run"]["methods"] if CATALOG[methods[m]["type"]].needs_stages]
+        if stages and "sequence" in data_catalog.modality_kinds(params["datasets"][d]):
+            raise ParamsError(f"{source}: run.methods: {stages[0]!r} ({methods[stages[0]]['type']}) works "
+                              f"between the encoders' stages, which sequence encoders do not have, but data "
+                              f"set {d!r} has sequence modalities; leave {stages[0]!r} out of run.methods for it")
     return params
 
 

@@ -264,3 +264,17 @@ def test_needs_two_modalities_and_checks_its_settings():
     with pytest.raises(ValueError, match="init_align"):
         LFM({**DEFAULTS, "init_align": 0.99}, ctx())
     assert lfm_terms([torch.zeros(2, 3), torch.zeros(2, 3)], torch.tensor([0, 1]))[1] == 0
+
+
+def test_the_learned_weighting_differentiates_twice_through_attention():
+    """A sequence modality's transformer encoder: the meta-gradient's second backward goes through
+    scaled_dot_product_attention, whose fused kernels have no double backward."""
+    import torch
+    from dyncim.methods.lfm import alpha_gradient
+    from dyncim.models import build_model
+    torch.manual_seed(0)
+    model = build_model([(5, 6), (5, 4)], 3, "sum", {"encoder": "auto", "hidden": [8], "dropout": 0.0,
+                                                      "seq_dim": 8, "seq_layers": 1})
+    xs = [torch.randn(4, 5, 6), torch.randn(4, 5, 4)]
+    y = torch.tensor([0, 1, 2, 0])
+    assert math.isfinite(alpha_gradient(model, xs, y, 0.05, 0.95))

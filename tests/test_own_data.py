@@ -30,6 +30,7 @@ def params_with(datasets: dict, **top) -> dict:
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["datasets"].update(datasets)
     raw["run"]["datasets"] = list(datasets)
+    raw["run"]["methods"] = runnable(raw)   # greedy aside: these files have a sequence modality
     raw.update(top)
     return raw
 
@@ -77,7 +78,7 @@ def resolved(ds) -> dict:
 def test_the_profile_reads_every_format_of_its_example():
     p = C.merge(yaml.safe_load((REPO / "params.yaml").read_text()), yaml.safe_load(PROFILE.read_text()))
     p = C.resolve(p, "params.yaml + configs/own-data.yaml")
-    every = yaml.safe_load((REPO / "params.yaml").read_text())["run"]["methods"]
+    every = runnable(yaml.safe_load((REPO / "params.yaml").read_text()))   # greedy aside: a sequence modality
     assert p["run"]["datasets"] == ["own-example"] and p["run"]["methods"] == every
     d = F.load(p["datasets"]["own-example"])
     assert d.names == ["audio", "motion", "meta"] and d.classes == ["calm", "busy", "alarm"]
@@ -348,14 +349,24 @@ def test_the_profile_plans_its_dag():
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     from tests.test_pipeline import job_counts
     counts = job_counts(r.stdout + r.stderr)
-    methods = yaml.safe_load((REPO / "params.yaml").read_text())["run"]["methods"]
+    methods = runnable(yaml.safe_load((REPO / "params.yaml").read_text()))
     assert counts["media"] == counts["extract"] == 1 and counts["train"] == len(methods), counts
+
+
+def runnable(params: dict) -> list[str]:
+    """params.yaml's run list but the methods that need encoder stages (Greedy): these files have
+    a sequence modality, and the params check refuses them there."""
+    from dyncim.methods.catalog import CATALOG
+    def kind(m):   # a method's type, through its `extends` chain
+        cfg = params["methods"][m]
+        return cfg["type"] if "type" in cfg else kind(cfg["extends"])
+    return [m for m in params["run"]["methods"] if not CATALOG[kind(m)].needs_stages]
 
 
 def quick_config(ds, methods=None, params=None) -> dict:
     """One seed, two epochs, small networks; every method of params.yaml unless `methods`."""
     params = params or yaml.safe_load((REPO / "params.yaml").read_text())
-    methods = methods or params["run"]["methods"]
+    methods = methods or runnable(params)
     own_seeds = {m: {"seeds": [0]} for m, cfg in params["methods"].items() if "seeds" in cfg}
     ds = copy.deepcopy(ds)
     ds["train"] = {"epochs": 2, "batch_size": 8, "hidden": [8], "seq_dim": 8}
@@ -380,7 +391,7 @@ def own_run(tmp_path_factory):
 def test_every_method_end_to_end_on_own_files(own_run):
     repo, _ = own_run
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    methods = params["run"]["methods"]
+    methods = runnable(params)
     for m in methods:
         res = json.loads((repo / paths.eval_file("mine", m, 0)).read_text())
         assert set(res["modalities"]) == {"vec", "seq", "tab"}, m
@@ -420,3 +431,13 @@ def test_a_multi_label_set_end_to_end(own_run, tmp_path):
     assert 0 <= res["micro_f1"] <= 1 and set(res["modalities"]) == {"vec", "seq"}
     tr = S.open_split(repo / paths.store_dir("mine") / "train")
     assert tr.meta["multilabel"] and tr.classes == ["comedy", "drama", "news"] and tr.labels.shape[1] == 3
+
+
+def test_a_method_that_needs_encoder_stages_is_refused_on_sequence_files_before_any_job(tmp_path):
+    write_set(tmp_path / "mine")
+    cfg = quick_config(entry(tmp_path / "mine"), methods=["joint", "greedy"])
+    from snakemake.utils import update_config
+    p = yaml.safe_load((REPO / "params.yaml").read_text())
+    update_config(p, cfg)
+    with pytest.raises(C.ParamsError, match="'greedy' .* data set 'mine' has sequence modalities"):
+        C.resolve(p)

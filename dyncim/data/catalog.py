@@ -148,6 +148,18 @@ def n_modalities(ds: dict) -> int:
     return len(s) if e.settings == "views" else len(s["modalities"])
 
 
+def modality_kinds(ds: dict) -> list[str]:
+    """The kinds of a data configuration's modalities (KINDS): as its source fixes them; vectors
+    for mfeat's views and the synthetic kinds; a user's files by their arrays' shapes."""
+    e = source(ds["source"])
+    if e.modalities is not None:
+        return [kind for _, kind in e.modalities]
+    if e.settings == "files":
+        from .sources import files   # numpy only: reads each array's header
+        return files.kinds(ds)
+    return ["vector"] * n_modalities(ds)
+
+
 def is_multilabel(ds: dict) -> bool:
     e = source(ds["source"])
     return bool(ds[e.settings].get("multilabel", False)) if e.multilabel is None else e.multilabel

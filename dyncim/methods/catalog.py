@@ -16,6 +16,9 @@ class Entry:
     cls: str             # class name in that module
     max_modalities: int | None = None  # None: any number; 2: the paper defines it for two only
     multilabel: bool = False  # trains and predicts on multi-label sets (multi-hot targets, BCE)
+    # works between the encoders' stages (Greedy's MMTM blocks): not on sequence modalities,
+    # whose transformer / LSTM encoders have none
+    needs_stages: bool = False
     # every implementation, by the method configuration's `impl`: (impl, module, class); the
     # entry's own module and class are the default's (a configuration without `impl`)
     impls: tuple[tuple[str, str, str], ...] = ()
@@ -58,5 +61,5 @@ CATALOG: dict[str, Entry] = {
     "opm": Entry("opm", "OPM"),
     "amco": Entry("amco", "AMCo"),
     "mmcosine": Entry("mmcosine", "MMCosine"),
-    "greedy": Entry("greedy", "Greedy"),
+    "greedy": Entry("greedy", "Greedy", needs_stages=True),
 }

@@ -37,7 +37,7 @@ uses its first half, 8), drawn with a generator of the method's own, seeded with
 plus LFM_SEED and saved in the method's state: once for the whole run (`val_draw: once`, official)
 or afresh every epoch (`val_draw: epoch`). The training and test splits are never read by it.
 
-Deviations from the official code (also in docs/baselines-part1-c.md):
+Deviations from the official code (also in docs/baselines.md):
 - The validation batch comes from the validation split, not 16 samples held out of training
   (which the official loop then also never trains on); it is not augmented.
 - The HVP runs in eval mode at every epoch; the official model is in train mode at epoch 0 and in
@@ -99,20 +99,24 @@ def lfm_terms(logits: list[torch.Tensor], y: torch.Tensor) -> tuple[torch.Tensor
 def alpha_gradient(model, xs, y, w_cls: float, w_align: float, reduce: str = "first") -> float:
     """The learned weighting's update direction on one batch: the mean of H(L_total) . grad(L_cls)
     over the first trainable parameter tensor (`first`, official) or over all of them (`all`)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     params = [p for p in model.parameters() if p.requires_grad]
-    l_cls, l_align = lfm_terms(model(xs).logits, y)
-    total = w_cls * l_cls + w_align * l_align
-    g_total = torch.autograd.grad(total, params, create_graph=True, allow_unused=True)
-    g_cls = torch.autograd.grad(l_cls, params, retain_graph=True, allow_unused=True)
-    # only parameters whose total gradient still depends on the parameters have a Hessian row
-    live = [i for i, (gt, gc) in enumerate(zip(g_total, g_cls))
-            if gt is not None and gc is not None and gt.requires_grad]
-    hvp = [None] * len(params)
-    if live:
-        rows = torch.autograd.grad([g_total[i] for i in live], [params[i] for i in live],
-                                   grad_outputs=[g_cls[i] for i in live], allow_unused=True)
-        for i, h in zip(live, rows):
-            hvp[i] = h
+    # second derivatives through attention (the sequence encoders): only the math kernel of
+    # scaled_dot_product_attention has a double backward (the fused CPU and CUDA ones have none)
+    with sdpa_kernel(SDPBackend.MATH):
+        l_cls, l_align = lfm_terms(model(xs).logits, y)
+        total = w_cls * l_cls + w_align * l_align
+        g_total = torch.autograd.grad(total, params, create_graph=True, allow_unused=True)
+        g_cls = torch.autograd.grad(l_cls, params, retain_graph=True, allow_unused=True)
+        # only parameters whose total gradient still depends on the parameters have a Hessian row
+        live = [i for i, (gt, gc) in enumerate(zip(g_total, g_cls))
+                if gt is not None and gc is not None and gt.requires_grad]
+        hvp = [None] * len(params)
+        if live:
+            rows = torch.autograd.grad([g_total[i] for i in live], [params[i] for i in live],
+                                       grad_outputs=[g_cls[i] for i in live], allow_unused=True)
+            for i, h in zip(live, rows):
+                hvp[i] = h
     if reduce == "first":
         return 0.0 if hvp[0] is None else float(hvp[0].mean())
     flat = [h.flatten() if h is not None else torch.zeros(p.numel(), device=p.device)

@@ -145,6 +145,21 @@ def _array(path: str, key: str | None) -> np.ndarray:
         raise ValueError(f"{path}: not a readable numpy file ({e})") from None
 
 
+def kinds(ds: dict) -> list[str]:
+    """Each modality's kind, `vector` or `sequence`, from its file's shape (CSV columns are
+    vectors); [] where a file cannot be read yet (`check` names the fault)."""
+    out = []
+    try:
+        for m in ds["files"]["modalities"]:
+            if Path(m["path"]).suffix.lower() == ".csv":
+                out.append("vector")
+            else:
+                out.append("sequence" if _array(m["path"], m.get("key")).ndim == 3 else "vector")
+    except (ValueError, OSError):
+        return []
+    return out
+
+
 def _where(path: str, i: int, csv_col: str | None = None) -> str:
     """Where sample i is: a CSV line and column, or an array row."""
     if csv_col is not None:
