@@ -485,6 +485,28 @@ def input_files(params: dict, data: str) -> list[str]:
     return module(ds["source"]).inputs(ds)
 
 
+MEDIA_PATH_KEYS = ("from_dir", "clip_list", "index", "lists", "from_path")  # a user's folders and files
+
+
+def media_paths(params: dict, data: str) -> list[str]:
+    """The user's folders and files a data set's media step reads (its `media` settings that name
+    one: from_dir, clip_list, index, lists, from_path)."""
+    media = params["datasets"][data].get("media") or {}
+    return [str(media[k]) for k in MEDIA_PATH_KEYS if isinstance(media.get(k), str) and media[k]]
+
+
+def media_listing(params: dict, data: str) -> str:
+    """A listing fingerprint (names, sizes, mtimes; dyncim.data.discovery.listing_fingerprint) of
+    the user's folders and files a data set's media step reads, "" when it reads none: the media
+    rule's param, so that a clip added to the user's folder, or a list file edited, reruns it
+    (and what depends on it), while an unchanged tree reruns nothing."""
+    where = media_paths(params, data)
+    if not where:
+        return ""
+    from .data.discovery import listing_fingerprint
+    return listing_fingerprint(where)
+
+
 def raw_files(source: str) -> list[str]:
     """The files a downloading source's download step writes (the catalog's `downloads`)."""
     from . import paths

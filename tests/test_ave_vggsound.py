@@ -272,3 +272,29 @@ def test_a_check_that_fails_midway_leaves_no_report(tmp_path):
             rep.add_checked(iter(rows), check, jobs=2)
             rep.close({"source": "here"})
     assert sorted(p.name for p in out.iterdir()) == []
+
+
+# ---- the user's folder is an input of the media step (Snakemake) -------------------------------
+
+@pytest.mark.slow
+def test_a_change_in_the_users_folder_reruns_the_media_step(ave_folder, tmp_path):
+    from dyncim import paths
+    from tests.conftest import copy_repo
+    from tests.test_pipeline import run
+    repo = copy_repo(tmp_path / "repo")
+    cfg = tmp_path / "ave.yaml"
+    cfg.write_text(yaml.safe_dump({"datasets": {"ave": {"source": "ave", "media": {"from_dir": str(ave_folder)},
+                                                         "train": TRAIN}},
+                                   "run": {"datasets": ["ave"], "methods": ["joint"]}}))
+    target = paths.media_ready("ave")
+    run(["snakemake", target, "--cores", "1", "--configfile", str(cfg)], repo)
+    dry = lambda: run(["snakemake", target, "-n", "--cores", "1", "--configfile", str(cfg)], repo).stdout
+    assert "Nothing to be done" in dry()                        # unchanged: nothing
+    mp4(ave_folder / "AVE" / "aaaaaaaaaa3.mp4", seed=9)           # the missing clip arrives
+    out = dry()
+    assert "Nothing to be done" not in out and "media" in out, out
+    run(["snakemake", target, "--cores", "1", "--configfile", str(cfg)], repo)
+    assert "Nothing to be done" in dry()
+    with open(ave_folder / "testSet.txt", "a") as f:            # a list file edited
+        f.write("Bark&aaaaaaaaaa2&good&1&9\n")
+    assert "Nothing to be done" not in dry()

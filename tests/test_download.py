@@ -368,3 +368,44 @@ def test_clip_manifest_round_trip(tmp_path):
     back = D.read_clip_manifest(tmp_path / "ds" / "clips.csv")
     assert back[0] == D.Clip("c1", "ANG", "train", str(tmp_path / "ds" / "A" / "c1.wav"), str(outside))
     assert back[1].video == str(tmp_path / "ds" / "A" / "c2.flv")
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 with nothing listening: bound, then closed."""
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_sync_files_fails_fast_naming_an_unreachable_host(tmp_path):
+    import time
+    port = closed_port()
+    entries = [D.FileEntry(f"d{i % 4}/f{i}.bin", "0" * 64, 10) for i in range(300)]
+    out = tmp_path / "out"
+    t0 = time.monotonic()
+    with pytest.raises(D.FilesFailedError) as err:
+        D.sync_files(entries, out, base_url=f"http://127.0.0.1:{port}", jobs=8, retries=2, backoff=1.0)
+    took = time.monotonic() - t0
+    msg = str(err.value)
+    assert isinstance(err.value, D.SourceUnreachableError)
+    assert took < 5, f"took {took:.1f} s"
+    assert f"127.0.0.1:{port}" in msg and "refused" in msg.lower()
+    assert len(msg.splitlines()) <= 30  # the listing is capped; the report has every file
+    report = json.loads((out / D.REPORT).read_text())
+    assert not report["complete"] and sorted(f["path"] for f in report["failed"]) == sorted(e.path for e in entries)
+    assert report["unreachable"] and f"127.0.0.1:{port}" in report["unreachable"]
+
+
+def test_failure_listing_is_capped(server, tmp_path):
+    root, url = server
+    entries = [D.FileEntry(f"f{i}.bin", "0" * 64, 10) for i in range(60)]  # all 404: per-file faults
+    out = tmp_path / "out"
+    with pytest.raises(D.FilesFailedError) as err:
+        D.sync_files(entries, out, base_url=url, jobs=4, retries=2, backoff=0)
+    msg = str(err.value)
+    assert not isinstance(err.value, D.SourceUnreachableError)
+    assert "60 of 60 files" in msg and len(msg.splitlines()) <= 30 and "40 more" in msg
+    assert len(json.loads((out / D.REPORT).read_text())["failed"]) == 60

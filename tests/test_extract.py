@@ -156,3 +156,61 @@ def test_a_crashing_decoder_fails_one_clip_only(crema, tmp_path, monkeypatch):
     sp = S.open_split(out)
     assert sp.ok.tolist() == [True, False, False, True, True]
     assert "process died" in sp.errors[1] and "1099_BAD" in sp.errors[2]
+
+
+def test_a_changed_raw_clip_is_re_extracted_and_only_it(tmp_path, monkeypatch):
+    import os
+    import shutil
+    root = tmp_path / "raw"
+    clips = M.write_synthetic_layout(root, "crema-d", 4, labels=LABELS, seconds=[2.5, 3.0, 1.2, 2.0],
+                                     splits=("train",), **SMALL)
+    good = root / "good.flv"
+    shutil.copyfile(clips[1].video, good)
+    Path = type(root)
+    Path(clips[1].video).write_bytes(b"FLV\x01 truncated")          # clip 1 fails to decode at first
+    out = tmp_path / "train"
+    E.extract_split(clips, "crema-d", out, LABELS, workers=0, progress=False)
+    sp = S.open_split(out)
+    assert sp.ok.tolist() == [True, False, True, True]
+    before = {k: np.array(getattr(sp, k)) for k in ("audio", "frames")}
+    del sp
+    # the raw clip is replaced with different (good) bytes: that clip, and only it, is extracted again
+    os.replace(good, clips[1].video)
+    counted, real = [], E.extract_clip
+    monkeypatch.setattr(E, "extract_clip", lambda c, r: counted.append(c.clip) or real(c, r))
+    E.extract_split(clips, "crema-d", out, LABELS, workers=0, progress=False)
+    assert counted == [clips[1].clip]
+    sp = S.open_split(out)
+    assert sp.ok.all() and sp.meta["failed"] == [] and sp.errors[1] == ""
+    ref = E.extract_split(clips, "crema-d", tmp_path / "ref", LABELS, workers=0, progress=False)
+    r = S.open_split(ref)
+    np.testing.assert_array_equal(sp.frames, r.frames)
+    np.testing.assert_array_equal(sp.audio, r.audio)
+    for k in (0, 2, 3):
+        np.testing.assert_array_equal(sp.frames[k], before["frames"][k])
+    # unchanged: nothing to do
+    counted.clear()
+    logs = []
+    E.extract_split(clips, "crema-d", out, LABELS, workers=0, progress=False, log=logs.append)
+    assert counted == [] and "nothing to do" in logs[-1]
+
+
+def test_a_clip_added_to_a_split_is_the_only_one_extracted(tmp_path, monkeypatch):
+    root = tmp_path / "raw"
+    clips = M.write_synthetic_layout(root, "crema-d", 5, labels=LABELS, seconds=[2.5, 3.0, 1.2, 2.0, 1.5],
+                                     splits=("train",), **SMALL)
+    out = tmp_path / "train"
+    E.extract_split(clips[:4], "crema-d", out, LABELS, workers=0, progress=False)
+    counted, real = [], E.extract_clip
+    monkeypatch.setattr(E, "extract_clip", lambda c, r: counted.append(c.clip) or real(c, r))
+    grown = clips[:2] + [clips[4]] + clips[2:4]                      # a clip added in the middle
+    E.extract_split(grown, "crema-d", out, LABELS, workers=0, progress=False)
+    assert counted == [clips[4].clip]
+    monkeypatch.setattr(E, "extract_clip", real)
+    ref = E.extract_split(grown, "crema-d", tmp_path / "ref", LABELS, workers=0, progress=False)
+    a, b = S.open_split(out), S.open_split(ref)
+    assert a.clips == b.clips and a.ok.tolist() == b.ok.tolist() and a.n_frames.tolist() == b.n_frames.tolist()
+    np.testing.assert_array_equal(a.frames, b.frames)
+    np.testing.assert_array_equal(a.audio, b.audio)
+    for name in (S.INDEX, S.META, S.INPUTS):
+        assert (out / name).read_bytes() == (ref / name).read_bytes()

@@ -31,6 +31,36 @@ PROBLEM_COLUMNS = ("clip", "label", "split", "problem", "detail", "path")
 # (the store's index.csv `ok=0` with its error, and meta.json's `failed`).
 
 
+def listing_fingerprint(paths: Iterable[str | Path]) -> str:
+    """A cheap fingerprint of what a user's folders and files hold: every file's relative path,
+    size and mtime (ns) under each folder (hidden names skipped), each file's size and mtime;
+    nothing is read. A clip added, removed, replaced or touched, or a list file edited, changes
+    it; an unchanged tree gives the same text. A missing path counts as missing."""
+    import hashlib
+    h = hashlib.sha256()
+    for path in paths:
+        path = Path(os.path.expanduser(str(path)))
+        h.update(f"{path}\0".encode())
+        if path.is_dir():
+            for dirpath, dirs, files in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                rel = os.path.relpath(dirpath, path)
+                for name in sorted(files):
+                    if name.startswith("."):
+                        continue
+                    try:
+                        st = os.stat(os.path.join(dirpath, name))
+                    except OSError:
+                        continue
+                    h.update(f"{rel}/{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        elif path.exists():
+            st = path.stat()
+            h.update(f"{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        else:
+            h.update(b"missing\n")
+    return h.hexdigest()[:16]
+
+
 def media_files(root: str | Path, exts=VIDEO_EXTS):
     """(stem, lower-case extension, path) of every media file under `root`, in one walk that
     follows folder links and visits each folder once; hidden files are skipped."""

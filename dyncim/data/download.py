@@ -50,6 +50,20 @@ class HTTPStatusError(DownloadError):
         self.code = code
 
 
+class ConnectError(DownloadError):
+    """No answer from the host at all (connection refused, DNS failure, timeout to connect)."""
+
+    def __init__(self, message: str, host: str, reason: str):
+        super().__init__(message)
+        self.host, self.reason = host, reason
+
+
+def _reason(err) -> str:
+    if isinstance(err, BaseException):
+        return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+    return str(err)
+
+
 def sha256_of(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -99,8 +113,10 @@ def _http_resume(url: str, part: Path, timeout: float, progress: bool) -> None:
         if e.code == 416 and have:  # already complete
             return
         raise HTTPStatusError(f"{url}: HTTP {e.code} {e.reason}", e.code) from None
-    except urllib.error.URLError as e:
-        raise DownloadError(f"{url}: {e.reason}") from None
+    except urllib.error.URLError as e:  # no answer at all: refused, DNS, connect timeout, ...
+        raise ConnectError(f"{url}: {e.reason}", urlparse(url).netloc, _reason(e.reason)) from None
+    except (TimeoutError, ConnectionError) as e:  # the same, raised before urllib could wrap it
+        raise ConnectError(f"{url}: {e}", urlparse(url).netloc, _reason(e)) from None
     with resp:
         if have and (resp.status != 206 or not resp.headers.get("Content-Range", "").startswith(
                 f"bytes {have}-")):  # server ignored the range (or sent another one): start over
@@ -153,6 +169,7 @@ class SyncResult:
     fetched: int = 0  # brought in (downloaded, copied or linked) and verified by this run
     failed: list[FileFailure] = field(default_factory=list)
     seconds: float = 0.0
+    unreachable: str = ""  # set when the run stopped because the source host never answered
 
     @property
     def complete(self) -> bool:
@@ -160,15 +177,66 @@ class SyncResult:
         return not self.failed and self.verified_before + self.fetched == self.files
 
 
+LISTED = 20  # failures named in an error message; the report lists them all
+
+
+def _listing(failed: list[FileFailure], report: Path) -> str:
+    lines = [f"  {f.path}: {f.reason}" for f in failed[:LISTED]]
+    if len(failed) > LISTED:
+        lines.append(f"  ... and {len(failed) - LISTED} more (all in {report})")
+    return "\n".join(lines)
+
+
 class FilesFailedError(DownloadError):
-    """Some files of a manifest could not be brought in; all of them are named."""
+    """Some files of a manifest could not be brought in; the first LISTED are named, the report
+    (`report`) lists them all."""
+
+    def __init__(self, result: SyncResult, report: Path, message: str | None = None):
+        self.result, self.report = result, report
+        super().__init__(message or (
+            f"{len(result.failed)} of {result.files} files from {result.source} failed "
+            f"(listed in {report}); run again to retry them, files already verified "
+            f"are kept:\n" + _listing(result.failed, report)))
+
+
+class SourceUnreachableError(FilesFailedError):
+    """The source's host never answered: the run stopped after a few connection failures in a
+    row instead of retrying every file; one message names the host and the error."""
 
     def __init__(self, result: SyncResult, report: Path):
-        self.result, self.report = result, report
-        lines = [f"  {f.path}: {f.reason}" for f in result.failed]
-        super().__init__(f"{len(result.failed)} of {result.files} files from {result.source} failed "
-                         f"(listed in {report}); run again to retry them, files already verified "
-                         f"are kept:\n" + "\n".join(lines))
+        super().__init__(result, report, (
+            f"cannot reach {result.unreachable}; stopped after {UNREACHABLE_AFTER} connection "
+            f"failures in a row with no answer from the host. {len(result.failed)} of "
+            f"{result.files} files not brought in (listed in {report}); check the network or "
+            f"the base URL ({result.source}) and run again, files already verified are kept"))
+
+
+UNREACHABLE_AFTER = 3  # connection failures in a row (no answer in between) that stop a sync
+
+
+class _Breaker:
+    """Counts connection failures in a row across the workers; any answer from the host (a byte,
+    an HTTP status, even 404) resets the count. Tripped, it stops every worker's retries and the
+    files not yet started."""
+
+    def __init__(self, limit: int):
+        self.limit, self.row, self.lock, self.tripped = limit, 0, threading.Lock(), threading.Event()
+        self.why = ""
+
+    def answered(self) -> None:
+        with self.lock:
+            self.row = 0
+
+    def refused(self, err: ConnectError) -> None:
+        with self.lock:
+            self.row += 1
+            if self.row >= self.limit and not self.tripped.is_set():
+                self.why = f"{err.host}: {err.reason}"
+                self.tripped.set()
+
+    def wait(self, seconds: float) -> None:
+        """Sleep between attempts, woken early when the breaker trips."""
+        self.tripped.wait(seconds)
 
 
 class _Permanent(DownloadError):
@@ -263,12 +331,21 @@ def file_url(base_url: str, rel: str) -> str:
     return base_url.rstrip("/") + "/" + quote(rel)
 
 
-def _from_http(url: str, entry: FileEntry, part: Path, timeout: float) -> None:
+def _from_http(url: str, entry: FileEntry, part: Path, timeout: float,
+               breaker: _Breaker | None = None) -> None:
     if part.exists() and part.stat().st_size > entry.size:
         part.unlink()  # longer than the file can be: not a prefix of it
     try:
         _http_resume(url, part, timeout, False)
+        if breaker:
+            breaker.answered()
+    except ConnectError as e:
+        if breaker:
+            breaker.refused(e)
+        raise
     except HTTPStatusError as e:
+        if breaker:
+            breaker.answered()
         if e.code in (404, 410):
             raise _Permanent(f"not at the source (HTTP {e.code}): {url}") from None
         raise
@@ -313,8 +390,12 @@ def sync_files(entries: list[FileEntry], out_dir: str | Path, *, base_url: str |
     manifest and only then renamed onto `<path>`: a file under its final name is always a
     verified one. Retried: connection errors, HTTP errors other than 404/410, truncated
     transfers (resumed), size or sha256 mismatches (fetched again from the start). Not retried:
-    a file the source does not have (HTTP 404/410, or absent from `from_dir`). The report
-    (`report`, default `out_dir/download-report.json`) is written at the end of every run.
+    a file the source does not have (HTTP 404/410, or absent from `from_dir`). A host that does
+    not answer at all (connection refused, DNS failure, timeout to connect) UNREACHABLE_AFTER
+    times in a row stops the run at once: SourceUnreachableError names the host and the error,
+    the files not brought in are in the report. An error message names the first LISTED failed
+    files; the report (`report`, default `out_dir/download-report.json`, written at the end of
+    every run) lists them all.
     """
     if (base_url is None) == (from_dir is None):
         raise ValueError("sync_files: give exactly one of base_url and from_dir")
@@ -333,6 +414,7 @@ def sync_files(entries: list[FileEntry], out_dir: str | Path, *, base_url: str |
     result = SyncResult(source=source, out=str(out_dir), files=len(entries))
     start = time.monotonic()
     cache = _Stamps(out_dir, stamps)
+    breaker = _Breaker(UNREACHABLE_AFTER) if base_url is not None else None
     lock = threading.Lock()
     bar = None
     if progress:
@@ -341,7 +423,8 @@ def sync_files(entries: list[FileEntry], out_dir: str | Path, *, base_url: str |
 
     def one(entry: FileEntry) -> None:
         dest = out_dir / entry.path
-        outcome = _sync_one(entry, dest, cache, base_url, from_dir, link, retries, timeout, backoff)
+        outcome = _sync_one(entry, dest, cache, base_url, from_dir, link, retries, timeout, backoff,
+                            breaker)
         with lock:
             if isinstance(outcome, FileFailure):
                 result.failed.append(outcome)
@@ -368,14 +451,18 @@ def sync_files(entries: list[FileEntry], out_dir: str | Path, *, base_url: str |
             bar.close()
         result.failed.sort(key=lambda f: f.path)
         result.seconds = round(time.monotonic() - start, 3)
+        if breaker and breaker.tripped.is_set():
+            result.unreachable = breaker.why
         write_json(report, {**asdict(result), "complete": result.complete})
+    if result.unreachable:
+        raise SourceUnreachableError(result, report)
     if result.failed:
         raise FilesFailedError(result, report)
     return result
 
 
 def _sync_one(entry, dest: Path, cache: _Stamps, base_url, from_dir, link, retries, timeout,
-              backoff) -> bool | FileFailure:
+              backoff, breaker: _Breaker | None = None) -> bool | FileFailure:
     """True: brought in now; False: was already verified; a FileFailure: could not be."""
     if cache.fresh(entry, dest):
         return False
@@ -390,11 +477,15 @@ def _sync_one(entry, dest: Path, cache: _Stamps, base_url, from_dir, link, retri
     part = dest.with_name(dest.name + ".part")
     reason, attempt = "", 0
     for attempt in range(1, retries + 2):
+        if breaker and breaker.tripped.is_set():
+            reason = f"not tried: cannot reach {breaker.why}" if attempt == 1 else reason
+            attempt -= 1
+            break
         try:
             if from_dir is not None:
                 link_or_copy(Path(from_dir) / entry.path, part, link)
             else:
-                _from_http(file_url(base_url, entry.path), entry, part, timeout)
+                _from_http(file_url(base_url, entry.path), entry, part, timeout, breaker)
             bad = _mismatch(part, entry)
             if bad is None:
                 if dest.is_dir():
@@ -410,7 +501,10 @@ def _sync_one(entry, dest: Path, cache: _Stamps, base_url, from_dir, link, retri
         except (DownloadError, OSError, http.client.HTTPException) as e:
             reason = str(e) or type(e).__name__
         if attempt <= retries and backoff:
-            time.sleep(backoff * attempt)
+            if breaker:
+                breaker.wait(backoff * attempt)
+            else:
+                time.sleep(backoff * attempt)
     if part.is_symlink() or (part.exists() and from_dir is not None):
         part.unlink()  # a partial download is kept to be resumed; a partial copy is not
     return FileFailure(entry.path, reason, attempt)

@@ -57,7 +57,7 @@ import numpy as np
 from . import media
 from .flow import FlowSpec
 from .spectrogram import KaldiFbank, LogSTFT, audio_recipe_from_dict
-from .store import SplitWriter, is_complete
+from .store import SplitWriter, is_complete, read_inputs, reopen
 
 EXTRACT_VERSION = 1  # bump when the code's output for the same recipe changes
 
@@ -313,6 +313,55 @@ def split_plan(clips: Sequence[ClipLike], recipe: Recipe, classes: Sequence[str]
             "clips": [[c.clip, c.label] for c in clips]}
 
 
+def input_identity(clip: ClipLike) -> str:
+    """The identity of the raw files a clip is made from, cheap: size and mtime (ns) of its audio
+    file and of its video file (once when they are one file); `-` for a missing one."""
+    ids = []
+    for path in dict.fromkeys((clip.audio, clip.video)):
+        try:
+            st = os.stat(path)
+            ids.append(f"{st.st_size}:{st.st_mtime_ns}")
+        except OSError:
+            ids.append("-")
+    return "|".join(ids)
+
+
+def _carry_over(out_dir: Path, clips, inputs: list[str], recipe, classes: list[str], w) -> int:
+    """A complete split of the same recipe and classes at `out_dir`, of other clips (one added,
+    removed or relabelled): copy into the writer `w` the samples of every clip it holds with the
+    same label and the same raw files' identity, so that only the others are extracted again.
+    Returns how many were kept."""
+    from . import store as S
+    if not is_complete(out_dir):
+        return 0
+    try:
+        old = S.open_split(out_dir)
+    except (OSError, ValueError):
+        return 0
+    known = read_inputs(out_dir)
+    m = old.meta
+    if (known is None or len(known) != len(old) or m.get("recipe") != recipe.to_dict()
+            or m.get("classes") != list(classes) or m.get("extract_version") != EXTRACT_VERSION
+            or set(old.arrays) != set(recipe.arrays())):
+        return 0
+    where = {(clip, old.classes[int(lab)], ident): j
+             for j, (clip, lab, ident) in enumerate(zip(old.clips, old.labels, known))}
+    kept = 0
+    for i, (c, ident) in enumerate(zip(clips, inputs)):
+        j = where.get((c.clip, c.label, ident))
+        if j is None:
+            continue
+        rec = {"ok": bool(old.ok[j]), "n_frames": int(old.n_frames[j]), "aspect": float(old.aspect[j])}
+        if not old.ok[j]:
+            rec["error"] = old.errors[j]
+        w.write(i, {k: np.asarray(a[j]) for k, a in old.arrays.items()} if old.ok[j] else None, rec)
+        kept += 1
+        if kept % 256 == 0:
+            w.commit()
+    w.commit()
+    return kept
+
+
 def extract_split(clips: Sequence[ClipLike], recipe: Recipe | VideoFlowRecipe | str, out_dir: str | Path,
                   classes: Sequence[str], workers: int | None = None, inflight: int | None = None,
                   commit_every: int = 256, commit_seconds: float = 15.0, progress: bool = True,
@@ -323,7 +372,9 @@ def extract_split(clips: Sequence[ClipLike], recipe: Recipe | VideoFlowRecipe | 
     inflight: clips submitted and not yet written (default 4 per worker). A finished split with
     the same plan is left as it is; an interrupted one resumes (see `dyncim.data.store`); samples
     are committed every `commit_every` clips or `commit_seconds` seconds. Failed clips are
-    recorded, not fatal.
+    recorded, not fatal. Each sample's input identity (`input_identity`: its raw files' sizes and
+    mtimes) is recorded with the split (inputs.csv): a clip whose raw files changed since is
+    extracted again, and only it (a split recorded without identities is extracted again whole).
     """
     from tqdm import tqdm
     recipe = get_recipe(recipe)
@@ -337,14 +388,27 @@ def extract_split(clips: Sequence[ClipLike], recipe: Recipe | VideoFlowRecipe | 
     if dup:
         raise ValueError(f"{out_dir}: clip ids listed twice: {dup[:5]}")
     plan = split_plan(clips, recipe, classes)
+    inputs = [input_identity(c) for c in clips]
     if is_complete(out_dir, plan):
+        known = read_inputs(out_dir)
+        changed = (list(range(len(clips))) if known is None or len(known) != len(clips)
+                   else [i for i, (a, b) in enumerate(zip(known, inputs)) if a != b])
+        if not changed:
+            if log:
+                log(f"{out_dir}: complete, nothing to do")
+            return out_dir
         if log:
-            log(f"{out_dir}: complete, nothing to do")
-        return out_dir
+            log(f"{out_dir}: the raw files of {len(changed)} of {len(clips)} clips changed since "
+                f"extraction; extracting them again")
+        reopen(out_dir, changed)
     workers = (os.cpu_count() or 1) if workers is None else workers
     inflight = inflight or max(1, 4 * workers)
     t0 = time.time()
     with SplitWriter(out_dir, len(clips), recipe.arrays(), plan) as w:
+        if not w.resumed:
+            kept = _carry_over(out_dir, clips, inputs, recipe, classes, w)
+            if log and kept:
+                log(f"{out_dir}: {kept} of {len(clips)} clips unchanged since the last extraction; kept")
         todo = [i for i in range(len(clips)) if not w.done[i]]
         if log and w.resumed:
             log(f"{out_dir}: resuming, {len(clips) - len(todo)} of {len(clips)} clips already done")
@@ -366,7 +430,8 @@ def extract_split(clips: Sequence[ClipLike], recipe: Recipe | VideoFlowRecipe | 
         w.finish(ids, [c.label for c in clips],
                  {"dataset": recipe.name, "recipe": recipe.to_dict(), "classes": classes,
                   "extract_version": EXTRACT_VERSION,
-                  "channels_last": [a for a in ("frames", "flow") if a in recipe.arrays()]})
+                  "channels_last": [a for a in ("frames", "flow") if a in recipe.arrays()]},
+                 inputs=inputs)
     if log:
         log(f"{out_dir}: {len(clips)} clips ({failed} failed) in {time.time() - t0:.1f} s")
     return out_dir

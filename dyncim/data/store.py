@@ -7,6 +7,8 @@ Layout of a split folder (e.g. `data/features/crema-d/train/`):
                   (the extraction recipes use `audio.npy` float16 and `frames.npy` uint8 (N, T, H, W, 3))
     index.csv     one row per sample, in array order: clip,label,ok,n_frames,aspect,error
                   (ok=0: the clip failed to decode; its rows of the arrays are zeros; error says why)
+    inputs.csv    (extraction from media files) one row per sample: clip,input, the identity of
+                  the raw files the sample was made from (size and mtime of each) when it was made
     meta.json     format, recipe, classes, counts, each array's shape / dtype / bytes per sample,
                   the failed clips, the plan's sha256; written last
 
@@ -18,6 +20,9 @@ sample listed there is on disk. An interrupted extraction (even SIGKILL) resumes
 redoing at most the samples written since the last commit, provided its plan (recipe, clips,
 labels, classes) is the same; otherwise it starts over. `finish()` writes index.csv and meta.json
 and renames the folder onto its final name, so a split folder that exists is complete.
+`reopen(out_dir, redo)` turns a complete split back into an interrupted one with every sample
+but `redo` committed, so that a writer with the same plan redoes just those (a raw file that
+changed since it was extracted: `dyncim.data.extract`).
 
 Reading (`open_split`): the arrays as read-only memory maps, the index as numpy arrays; batches
 with `Split.take(indices)` (one fancy-indexing copy per array, then `torch.from_numpy`). Training
@@ -39,6 +44,7 @@ import numpy as np
 
 FORMAT = 1
 INDEX, META, PLAN, JOURNAL = "index.csv", "meta.json", "plan.json", "done.jsonl"
+INPUTS = "inputs.csv"
 INDEX_COLUMNS = ("clip", "label", "ok", "n_frames", "aspect", "error")
 
 
@@ -61,6 +67,44 @@ def is_complete(out_dir: str | Path, plan: dict | None = None) -> bool:
     except (OSError, ValueError):
         return False
     return m.get("format") == FORMAT and (plan is None or m.get("plan_sha256") == plan_digest(plan))
+
+
+def read_inputs(out_dir: str | Path) -> list[str] | None:
+    """The input identities a split recorded per sample (inputs.csv), or None (none recorded)."""
+    path = Path(out_dir) / INPUTS
+    if not path.is_file():
+        return None
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != ("clip", "input"):
+            return None
+        return [r["input"] for r in reader]
+
+
+def reopen(out_dir: str | Path, redo) -> Path:
+    """Turn the complete split `out_dir` into the interrupted writing of it (its partial folder,
+    its plan, a journal of every sample but the indices `redo`), so that a SplitWriter with the
+    same plan resumes it and writes just those samples; the arrays are moved, not copied."""
+    out_dir = Path(out_dir)
+    part = partial_path(out_dir)
+    meta = json.loads((out_dir / META).read_text())
+    with open(out_dir / INDEX, newline="") as f:
+        rows = list(csv.DictReader(f))
+    redo = set(int(i) for i in redo)
+    if part.exists():
+        shutil.rmtree(part)
+    os.replace(out_dir, part)
+    _fsync_dir(part.parent)
+    with open(part / JOURNAL, "w") as f:
+        for i, r in enumerate(rows):
+            if i not in redo:
+                f.write(json.dumps({"i": i, "ok": int(r["ok"]), "n_frames": int(r["n_frames"]),
+                                    "aspect": float(r["aspect"]), "error": r["error"]}) + "\n")
+    for name in (META, INDEX):
+        (part / name).unlink()
+    # written last: a partial folder with a plan file is one a writer may resume
+    (part / PLAN).write_text(json.dumps({"sha256": meta["plan_sha256"]}) + "\n")
+    return part
 
 
 def _fsync_dir(path: Path) -> None:
@@ -190,8 +234,10 @@ class SplitWriter:
         if not self._journal.closed:
             self._journal.close()
 
-    def finish(self, clips: list[str], labels: list[str], meta: dict) -> Path:
-        """Write index.csv and meta.json, rename the folder onto `out_dir`; every sample must be done."""
+    def finish(self, clips: list[str], labels: list[str], meta: dict,
+               inputs: list[str] | None = None) -> Path:
+        """Write index.csv (inputs.csv: `inputs`, each sample's input identity, when given) and
+        meta.json, rename the folder onto `out_dir`; every sample must be done."""
         self.commit()
         if not self.done.all():
             raise RuntimeError(f"{self.dir}: {int((~self.done).sum())} samples not written yet")
@@ -206,6 +252,13 @@ class SplitWriter:
                             f"{float(self.aspect[i]):.6g}", err])
                 if not self.ok[i]:
                     failed.append({"clip": clip, "error": err})
+        if inputs is not None:
+            with open(self.dir / INPUTS, "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(("clip", "input"))
+                w.writerows(zip(clips, inputs))
+        elif (self.dir / INPUTS).exists():
+            (self.dir / INPUTS).unlink()
         arrays = {name: {"file": f"{name}.npy", "shape": [self.n, *shape], "dtype": dt.str,
                          "bytes_per_sample": self._sizes[name]}
                   for name, (shape, dt) in self.specs.items()}

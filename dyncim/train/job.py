@@ -99,24 +99,55 @@ def extras_fingerprint(extras: dict) -> str:
     return h.hexdigest()[:16] if extras else ""
 
 
+def data_fingerprint(path: str | Path) -> str:
+    """The identity of a data configuration's data, for the resume check: a run whose data set
+    changed (a store rebuilt with another clip, a feature file written again with other content)
+    does not resume its checkpoint. Cheap: a feature store by its split folders' own summaries
+    (meta.json: the plan's sha256, the counts, the failed clips; index.csv; inputs.csv, each
+    sample's raw files' identity; each array file's size), never its arrays; a feature file by its
+    sha256 (it is read whole anyway). A store's JSON summary stands for its folder."""
+    from ..data import store as S
+    from ..data.splits import SPLITS
+    path = Path(path)
+    if path.suffix == ".json":
+        path = path.parent
+    h = hashlib.sha256()
+    if path.is_dir():
+        for sp in SPLITS:
+            d = path / sp
+            for name in (S.META, S.INDEX, S.INPUTS):
+                f = d / name
+                h.update(f"{sp}/{name}\0".encode())
+                h.update(f.read_bytes() if f.is_file() else b"-")
+            for f in sorted(d.glob("*.npy")) if d.is_dir() else ():
+                h.update(f"{sp}/{f.name}\0{f.stat().st_size}\0".encode())
+    elif path.is_file():
+        from ..data.download import sha256_of
+        h.update(sha256_of(path).encode())
+    return h.hexdigest()[:16]
+
+
 def train_seed(job: dict, data: str, method: str, seed: int, feats: DataSet,
-               root: Path, device: torch.device) -> Path:
-    """Train (or resume) one run of the train job `job` (dyncim.config.train_job)."""
+               root: Path, device: torch.device, data_id: str = "") -> Path:
+    """Train (or resume) one run of the train job `job` (dyncim.config.train_job); `data_id`:
+    data_fingerprint of the data `feats` was read from."""
     _check_job(job, data, method)
-    return _train_seed(job, data, method, seed, feats, root, device)[0]
+    return _train_seed(job, data, method, seed, feats, root, device, data_id=data_id)[0]
 
 
 def _train_seed(job: dict, data: str, method: str, seed: int, feats: DataSet,
                 root: Path, device: torch.device, mcfg: dict | None = None, variant: str = "",
-                selection: dict | None = None) -> tuple[Path, list[dict]]:
+                selection: dict | None = None, data_id: str = "") -> tuple[Path, list[dict]]:
     """Train (or resume) one run; `mcfg`: the method configuration to train (default: the
-    job's); `variant`: a selection candidate's path label; `selection`: the record saved with it."""
+    job's); `variant`: a selection candidate's path label; `selection`: the record saved with it;
+    `data_id`: the data's identity (data_fingerprint), part of the resume check."""
     mcfg = method_config(job, method) if mcfg is None else mcfg
     tcfg = job["train"]
     where = run_paths(root, data, method, seed, variant)
     label = f"{method}/{variant}" if variant else method   # where dyncim.paths puts this run's files
     extras = method_extras(root, data, mcfg, seed)
-    fingerprint = run_fingerprint(job, data, mcfg) + code_version() + extras_fingerprint(extras)
+    fingerprint = (run_fingerprint(job, data, mcfg) + code_version() + extras_fingerprint(extras)
+                   + (f"data:{data_id}" if data_id else ""))
     parts = method_class(mcfg["type"], mcfg.get("impl")).parts(len(feats.names))
     saved, rows = [], []
     for modalities in parts:
@@ -170,12 +201,15 @@ def train_job(job: dict, data: str, method: str, seeds: list[int], features_path
             raise ValueError(f"{features_path}: has {len(feats.names)} modalities, params.yaml's "
                              f"datasets.{data} has {want}; rerun the features step")
     feats = feats.to(device)  # once per job: a store is copied onto the device once, for every seed
+    data_id = data_fingerprint(features_path)  # changed data: a fresh run, never a resume
     mcfg, selection = method_config(job, method), None
     if "select" in mcfg:
         def fit(seed, cand, label):
-            return _train_seed(job, data, method, seed, feats, root, device, cand, label)[1]
+            return _train_seed(job, data, method, seed, feats, root, device, cand, label,
+                               data_id=data_id)[1]
         mcfg, selection = select.run(mcfg, data, method, seeds, root, fit)
-    best = [_train_seed(job, data, method, s, feats, root, device, mcfg, selection=selection)[0]
+    best = [_train_seed(job, data, method, s, feats, root, device, mcfg, selection=selection,
+                        data_id=data_id)[0]
             for s in seeds]
     # The job's declared output, written last: it exists only when every seed is done.
     write_json(manifest or root / paths.manifest(data, method),

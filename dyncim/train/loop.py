@@ -76,7 +76,14 @@ class Trainer:
                 "rng": {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state(),
                         "augment": self.augment.get_state(),
                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-                "best": self.best, "history": self.history}
+                "best": self.best, "history": self.history, "data": self.data_summary()}
+
+    def data_summary(self) -> dict:
+        """What a checkpoint must agree with in its data (checked on resume)."""
+        shapes = [list(x) if isinstance(x, (tuple, list)) else x for x in self.data.shapes]
+        return {"samples": int(len(self.data.labels)), "train samples": int(len(self.train_idx)),
+                "val samples": int(len(self.val_idx)), "classes": int(self.data.n_classes),
+                "modalities": list(self.data.names), "input shapes": shapes}
 
     def save_checkpoint(self) -> None:
         torch_save(self.state(), self.ckpt_path)
@@ -90,14 +97,24 @@ class Trainer:
         except Exception as e:
             raise CheckpointMismatch(f"{self.ckpt_path}: unreadable checkpoint ({e}); delete it to start over") from None
         if s.get("fingerprint") != self.fingerprint:
-            return False  # a checkpoint of another configuration or code version: start afresh
+            return False  # a checkpoint of another configuration, code version or data: start afresh
+        have = self.data_summary()
+        if "data" in s and s["data"] != have:
+            diff = "; ".join(f"{k}: {s['data'].get(k)} in the checkpoint, {v} in the data"
+                             for k, v in have.items() if s["data"].get(k) != v)
+            raise CheckpointMismatch(f"{self.ckpt_path}: does not fit its data ({diff}); delete it "
+                                     f"to start over")
         try:
             self.model.load_state_dict(s["model"])
         except RuntimeError as e:
             raise CheckpointMismatch(f"{self.ckpt_path}: does not fit this model configuration: {e}") from None
         self.optimizer.load_state_dict(s["optimizer"])
         self.scheduler.load_state_dict(s["scheduler"])
-        self.method.load_state_dict(s["method"])
+        try:
+            self.method.load_state_dict(s["method"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointMismatch(f"{self.ckpt_path}: its method state does not fit this run "
+                                     f"(data or method changed?): {e}; delete it to start over") from None
         torch.set_rng_state(s["rng"]["torch"].cpu())
         self.shuffle.set_state(s["rng"]["shuffle"].cpu())
         if "augment" in s["rng"]:

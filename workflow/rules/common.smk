@@ -144,6 +144,12 @@ def user_files(wildcards):
     return dc.input_files(P, wildcards.data)
 
 
+def media_listing(wildcards):
+    """A params function: the listing fingerprint (names, sizes, mtimes) of the user's folders and
+    list files a media step reads (dyncim.config.media_listing): a change reruns that step."""
+    return dc.media_listing(P, wildcards.data)
+
+
 def teachers(wildcards):
     """The runs a method learns from, as inputs of its training (UMT: its unimodal teachers' job,
     of the same data set; each seed reads the teacher's run of that seed)."""

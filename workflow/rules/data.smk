@@ -54,7 +54,9 @@ rule features:
 
 # A store set's raw files: downloaded (CREMA-D), located in the user's copy (Kinetics-Sounds),
 # fetched (CMU-MOSEI's pickle), or a user's own files checked and recorded (source files);
-# verified files are kept across reruns.
+# verified files are kept across reruns. The user's folders and list files (from_dir, clip_list,
+# index, ...) are seen through their listing fingerprint (names, sizes, mtimes): a param, so that
+# a clip added or a list edited reruns the step, and an unchanged tree does not.
 rule media:
     input:
         resources=media_resources,
@@ -66,6 +68,7 @@ rule media:
         paths.log_file("media", "{data}"),
     params:
         job=job(dc.media_job, "data"),
+        listing=media_listing,
     shell:
         "python -m dyncim media --job {params.job:q} --out {output} > {log} 2>&1"
 
