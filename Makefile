@@ -10,7 +10,7 @@ TSTAMP := $(VENV)/.installed-test-stamp
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: run full quick report test test-fast lint repro bench bench-gpu tensorboard clean
+.PHONY: run full quick report test test-fast lint repro pull bench bench-gpu tensorboard clean
 
 # pip byte-compiles every package at install (a minute or more here): worth it, since with
 # PYTHONDONTWRITEBYTECODE set (as on this project's machines) nothing else would, and every job
@@ -77,6 +77,13 @@ $(DSTAMP): $(STAMP)
 
 repro: $(DSTAMP)
 	dvc repro
+
+# A teammate's clone: the data and results of the commit from the DVC remote (docs/dvc-remote.md);
+# `--touch` then gives the pulled files Snakemake's order (a checkout writes them in any order), so
+# neither tool re-runs anything
+pull: $(DSTAMP)
+	dvc pull
+	snakemake --touch --cores 1 > /dev/null
 
 bench: $(DSTAMP)
 	$(PY) -m dyncim.bench.timings

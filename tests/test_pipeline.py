@@ -390,3 +390,30 @@ def test_bad_params_one_message_from_every_entry_point(tmp_path, monkeypatch):
     assert r.returncode != 0 and "error: params.yaml + bad.yaml: invalid parameters:\n  train: unknown key(s) ['epochz']" in r.stderr
     r = snakemake(repo, "-n", "--config", "run={methods: [joint, ghost]}", ok=False)
     assert r.returncode != 0 and f"error: params.yaml + {TINY} + --config: run.methods: 'ghost' is not defined" in r.stderr
+
+
+@pytest.mark.slow
+def test_dvc_push_to_a_folder_remote_then_a_fresh_clone_pulls_a_clean_pipeline(tmp_path):
+    """Data versioned for a team: `dvc push` to a local folder remote, a fresh clone, `dvc pull`:
+    nothing to reproduce under either tool, and the features byte-identical."""
+    repo = copy_repo(tmp_path / "repo")
+    materialize(repo, TINY, TINY_DVC)
+    user_given_mfeat(repo)
+    commit = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm"]
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], commit + ["init"]):
+        run(cmd, repo)
+    run(["dvc", "repro"], repo)
+    remote = tmp_path / "remote"
+    run(["dvc", "remote", "add", "-d", "team", str(remote)], repo)
+    run(["git", "add", "-A"], repo)
+    run(commit + ["results and the remote"], repo)
+    run(["dvc", "push"], repo)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    run(["dvc", "pull"], clone)                              # what `make pull` runs
+    run(["snakemake", "--touch", "--cores", "1"], clone)     # the checkout's mtimes in Snakemake's order
+    assert "up to date" in run(["dvc", "status"], clone).stdout
+    dry = run(["snakemake", "-n", "--cores", "1"], clone)
+    assert "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout[-3000:]
+    feats = sorted(p.relative_to(repo) for p in (repo / "data" / "features").rglob("*") if p.is_file())
+    assert feats and all((clone / p).read_bytes() == (repo / p).read_bytes() for p in feats)
