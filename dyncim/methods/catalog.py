@@ -62,4 +62,9 @@ CATALOG: dict[str, Entry] = {
     "amco": Entry("amco", "AMCo"),
     "mmcosine": Entry("mmcosine", "MMCosine"),
     "greedy": Entry("greedy", "Greedy", needs_stages=True),
+    "remix": Entry("remix", "Remix"),
+    "cggm": Entry("cggm", "CGGM"),
+    "inforeg": Entry("inforeg", "InfoReg", max_modalities=2),
+    "arm": Entry("arm", "ARM", max_modalities=2),
+    "bss": Entry("bss", "BSS"),
 }

@@ -44,7 +44,7 @@ The method's generator (Z, the copies of `level: modality`, the shuffle of re-sa
 permutation estimates) is seeded with the run's seed plus VALUATION_SEED and saved in the method's
 state, with the pending copies: a resumed run continues exactly.
 
-Deviations from the official code (also in docs/baselines-part1-c.md):
+Deviations from the official code (also in docs/baselines.md):
 - The valuation reads the training samples un-augmented (official: its train-mode data set, with
   random crops and flips).
 - More than two modalities: the copies keep one modality alone (BalanceBenchmark's sample-level
