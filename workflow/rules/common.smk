@@ -145,8 +145,9 @@ def user_files(wildcards):
 
 
 def media_listing(wildcards):
-    """A params function: the listing fingerprint (names, sizes, mtimes) of the user's folders and
-    list files a media step reads (dyncim.config.media_listing): a change reruns that step."""
+    """A params function: the listing fingerprint (names, sizes, mtimes) of the user's
+    folders and list files a media step reads (dyncim.config.media_listing): a change
+    reruns the step."""
     return dc.media_listing(P, wildcards.data)
 
 
