@@ -287,3 +287,40 @@ def test_tensorboard_logs_the_curriculum(tmp_path):
     assert {"dyncim/d_task", "dyncim/v", "dyncim/gate"} <= hists
     admitted = [e.value for e in ea.Scalars("dyncim/pace_admitted")]
     assert len(admitted) == 2 and 0.5 <= admitted[0] < 1.0
+
+
+def test_the_pace_admits_k_minus_one_of_each_batch_and_the_record_survives_resume(tmp_path):
+    # 96 training samples in 6 batches of 16; λ = 0.5 + 0.5 e / 4 admits ⌈16 λ⌉ − 1 of each batch
+    # (no ties among continuous losses): 7, 9, 11, 13 of 16, then everything once the pace is over
+    cfg = {**DEFAULTS, "pace_start": 0.5, "pace_epochs": 4}
+    feats = tiny_features(n=160, dims=(5, 4), n_classes=4)
+    full = trainer(tmp_path, feats, cfg, epochs=6, name="full.pt")
+    full.fit()
+    assert full.method.admitted == pytest.approx([7 / 16, 9 / 16, 11 / 16, 13 / 16, 1.0, 1.0])
+    rec = full.method.training_record()
+    assert rec == pytest.approx({"admitted_mean": (40 / 16 + 2) / 6, "admitted_first": 7 / 16,
+                                 "admitted_full_epoch": 5})
+    trainer(tmp_path, feats, cfg, epochs=3, name="part.pt").fit()
+    resumed = trainer(tmp_path, feats, cfg, epochs=6, name="part.pt")
+    resumed.fit()
+    assert resumed.method.admitted == full.method.admitted
+    off = trainer(tmp_path, feats, {**cfg, "self_paced": False}, epochs=2, name="off.pt")
+    off.fit()
+    assert off.method.training_record() == {"admitted_mean": 1.0, "admitted_first": 1.0, "admitted_full_epoch": 1}
+
+
+def test_the_evaluation_record_carries_the_curriculum_of_training(tmp_path):
+    from tests.conftest import REPO
+    import yaml
+    from dyncim.evaluation.evaluate import evaluate_run
+    params = C.resolve(yaml.safe_load((REPO / "params.yaml").read_text()))
+    params["train"].update(epochs=3, hidden=[8], batch_size=16)
+    params["datasets"]["tiny"] = {"source": "synthetic", "synthetic": C._fill_defaults(
+        C.load_schema()["$defs"]["synthetic"], {"modalities": ["dominant", "xor"], "per_class": 20})}
+    feats = tiny_features(n=160, dims=(5, 4), n_classes=4)
+    for m in ("dyncim", "bss"):
+        path = train_seed(C.train_job(params, "tiny", m), "tiny", m, 0, feats, tmp_path, torch.device("cpu"))
+        saved = torch.load(path, weights_only=False)["parts"][0]["training"]
+        diag = evaluate_run(path, feats)["diagnostics"]
+        assert diag["admitted_first"] == saved["admitted_first"] and 0 < saved["admitted_first"] < 1, m
+        assert diag["admitted_mean"] == pytest.approx(saved["admitted_mean"]) and saved["admitted_full_epoch"] == 0, m

@@ -215,5 +215,5 @@ def test_training_learns_and_resumes_bit_identically(tmp_path, variant):
     full.method.log(w, 6)
     assert w.scalars["bss/admitted"] == full.method.admitted[-1]
     assert all(math.isfinite(v) for v in w.scalars.values())
-    d = full.method.diagnostics(full.model, full.data, full.data.index("test"))
+    d = full.method.training_record()
     assert d["admitted_mean"] == pytest.approx(sum(full.method.admitted) / 6)

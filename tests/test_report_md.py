@@ -13,9 +13,9 @@ from dyncim import paths
 from dyncim.report import markdown as report_md
 
 SEEDS = {"joint": [0, 1, 2], "joint-sum": [0, 1, 2], "unimodal": [0, 1, 2], "mla": [0, 1, 2],
-         "dyncim": [0, 1, 2, 3, 4], "dyncim-no-gate": [0, 1, 2], "dyncim-no-sdc": [0, 1, 2]}
+         "dyncim": [0, 1, 2, 3, 4], "dyncim-no-gate": [0, 1, 2], "dyncim-no-sdc": [0, 1, 2], "bss": [0, 1, 2]}
 TYPES = {"joint": "joint", "joint-sum": "joint", "unimodal": "unimodal", "mla": "mla", "dyncim": "dyncim",
-         "dyncim-no-gate": "dyncim", "dyncim-no-sdc": "dyncim"}
+         "dyncim-no-gate": "dyncim", "dyncim-no-sdc": "dyncim", "bss": "bss"}
 DATA = {"d1": ["a", "b"], "d2": ["x", "y", "z"]}
 LEVELS = [0.0, 0.5, 1.0, 2.0, 4.0]
 NUM = re.compile(r"[+-]?\d+\.\d+")
@@ -52,6 +52,9 @@ def fake_outputs(root: Path):
                                         "probe_val": 0.7, "probe_ridge": 0.01} for n in names}}
                 if m != "unimodal":
                     r.update(acc=acc, macro_f1=q(acc - rng.uniform(0, 0.03)))
+                if m in ("dyncim", "bss"):   # what each curriculum admitted (saved at training)
+                    r["diagnostics"] = {"admitted_first": q(rng.uniform(0.1, 0.6)), "admitted_mean": q(rng.uniform(0.6, 1)),
+                                        "admitted_full_epoch": rng.choice([0, 20, 21])}
                 p = root / paths.eval_file(data, m, s)
                 p.parent.mkdir(parents=True, exist_ok=True)
                 p.write_text(json.dumps(r))
@@ -182,6 +185,7 @@ def check_report(text: str, p: dict, root: Path, out: Path, rob: dict, figs: dic
         tabs = tables(section)
         ranked, rest = tabs[0], tabs[1:]
         ablation = rest.pop(0) if len(ablations) > 1 else None
+        curricula = rest.pop(0) if "dyncim" in methods and "bss" in methods else None
         robust = rest
         # ranked table: by mean accuracy, methods without a fused accuracy (unimodal) last
         order = sorted([m for m in methods if acc[m]], key=lambda m: -statistics.fmean(acc[m].values()))
@@ -204,6 +208,27 @@ def check_report(text: str, p: dict, root: Path, out: Path, rob: dict, figs: dic
                        ["(reference)" if m == "dyncim" else delta(acc[m], acc["dyncim"])]
                 assert row == want
                 expected_numbers.update(NUM.findall(" ".join(want)))
+        if curricula is not None:   # dyncim, then the BSS instances: score, paired Δ, what each admitted
+            rel = ["dyncim"] + [m for m in methods if p["methods"][m]["type"] == "bss"]
+            assert curricula[0] == ["method", "seeds", "accuracy", "Δ accuracy vs dyncim", "admitted, first epoch",
+                                    "admitted, mean over training", "all admitted from epoch (per seed)"]
+            assert [r[0] for r in curricula[1:]] == rel
+            for m, row in zip(rel, curricula[1:]):
+                diag = lambda k: [r["diagnostics"][k] for r in runs[m].values()]
+                want = [m, str(len(seeds[m])), ms(acc[m].values())[1],
+                        "(reference)" if m == "dyncim" else delta(acc[m], acc["dyncim"]),
+                        ms(diag("admitted_first"))[1], ms(diag("admitted_mean"))[1],
+                        ", ".join("never" if e == 0 else str(e) for e in diag("admitted_full_epoch"))]
+                assert row == want
+                expected_numbers.update(NUM.findall(" ".join(want)))
+                if m != "dyncim":   # the sentence under the table: the same difference and its p-value
+                    common = sorted(set(acc[m]) & set(acc["dyncim"]))
+                    pv = float(ttest_rel([acc[m][k] for k in common], [acc["dyncim"][k] for k in common]).pvalue)
+                    assert f"{m} vs dyncim: {statistics.fmean(acc[m][k] - acc['dyncim'][k] for k in common):+.3f} " \
+                           f"accuracy (p = {pv:.3g}" in section
+                    expected_numbers.add(f"{pv:.3g}")
+        else:
+            assert "two curricula" not in section
         # robustness: one table per modality, rows in the ranked order, from the per-run accuracies
         if data in rob:
             record = json.loads(Path(rob[data]).read_text())
@@ -260,7 +285,7 @@ def test_every_number_of_the_report_is_recomputed_from_the_run_jsons(tmp_path):
 def test_seed_lists_are_stated(tmp_path):
     p = params()
     sentence = report_md._seed_sentence(p, list(SEEDS))
-    assert "dyncim: seeds 0, 1, 2, 3, 4 (n = 5)" in sentence and "the other 6 methods: seeds 0, 1, 2 (n = 3)" in sentence
+    assert "dyncim: seeds 0, 1, 2, 3, 4 (n = 5)" in sentence and "the other 7 methods: seeds 0, 1, 2 (n = 3)" in sentence
     assert "common seeds only" in sentence
     p1 = {"methods": {"a": {"seeds": [0, 1]}, "b": {"seeds": [0, 1]}}}
     assert report_md._seed_sentence(p1, ["a", "b"]) == "Every method ran seeds 0, 1 (n = 2)."

@@ -127,6 +127,7 @@ def evaluate_run(path: Path, feats: DataSet, device="cpu") -> dict:
             res["modalities"][name] = r
         if len(built) == 1:
             diag = method.diagnostics(model, sub, idx["test"], batch_size=bs)   # {}: none
+            diag.update(part.get("training") or {})   # the training's own figures (a curriculum's)
             if diag:
                 res["diagnostics"] = diag
     return res

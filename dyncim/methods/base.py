@@ -164,9 +164,26 @@ class Method:
         Default: none ({}, and the record has no `diagnostics`)."""
         return {}
 
+    def training_record(self) -> dict:
+        """Figures of the training itself, not of any split (what a curriculum admitted over the
+        epochs): saved with the run in best.pt, where the evaluation (which rebuilds the method
+        without its training state) adds them to the record's `diagnostics`. Default: none."""
+        return {}
+
     # --- state saved in resume checkpoints ----------------------------------------------------
     def state_dict(self) -> dict:
         return {}
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+def admitted_summary(admitted: list[float]) -> dict:
+    """A curriculum's per-epoch admitted fractions, summarised for the report: their mean, the
+    first epoch's, and the first epoch (1-based) that admitted everything (0: none did). {} when
+    no epoch ran."""
+    if not admitted:
+        return {}
+    full = next((e + 1 for e, a in enumerate(admitted) if a >= 1.0), 0)
+    return {"admitted_mean": sum(admitted) / len(admitted), "admitted_first": admitted[0],
+            "admitted_full_epoch": full}

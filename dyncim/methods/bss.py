@@ -50,8 +50,8 @@ state with CL's order and the per-epoch admitted fractions: a resumed run contin
 
 Hooks (dyncim/methods/base.py says when each fires): epoch_indices (scoring pass when due, then
 the epoch's admitted order), loss (the official weighted loss), log (`bss/admitted`, the fraction
-of the training split the epoch drew, and the score statistics), diagnostics (the admitted
-fractions over training), state_dict.
+of the training split the epoch drew, and the score statistics), training_record (the admitted
+fractions over training, for the report), state_dict.
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ import math
 import torch
 from torch.nn import functional as F
 
-from .base import Method, StepResult
+from .base import Method, StepResult, admitted_summary
 
 BSS_SEED = 0xB55   # the method's generator's seed is the run's seed plus this
 
@@ -171,14 +171,9 @@ class BSS(Method):
         for k, v in self.last_scores.items():
             writer.add_scalar(f"bss/{k}", v, step)
 
-    def diagnostics(self, model, data, index, batch_size=None):
-        """The curriculum over training (not test figures): the admitted fractions' mean, first
-        and the first epoch (1-based) that admitted the whole training split (0: none did)."""
-        if not self.admitted:
-            return {}
-        full = next((e + 1 for e, a in enumerate(self.admitted) if a >= 1.0), 0)
-        return {"admitted_mean": sum(self.admitted) / len(self.admitted),
-                "admitted_first": self.admitted[0], "admitted_full_epoch": full}
+    def training_record(self):
+        """The curriculum over training: the fractions of the training split the epochs drew."""
+        return admitted_summary(self.admitted)
 
     def state_dict(self):
         return {"gen": None if self.gen is None else self.gen.get_state(),

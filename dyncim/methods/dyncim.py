@@ -28,7 +28,8 @@ Hooks (dyncim/methods/base.py says when each fires): setup (the gate and the mod
 model.extra); param_groups (the gate's own group); forward (encoders and heads); loss (the whole
 objective and its gradients in closed form; the gradients travel in the StepResult's terms);
 backward (hands them to autograd); on_epoch_start (resets the epoch's trace; `self.epoch` drives
-the pace); predict (the gated fusion, label-free); log.
+the pace); on_epoch_end (the fraction of the epoch's samples the pace admitted, v > 0, kept for the
+report through training_record); predict (the gated fusion, label-free); log.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ import torch
 from torch import nn
 
 from ..models.multimodal import Output
-from .base import Method, StepResult
+from .base import Method, StepResult, admitted_summary
 
 EPS = 1e-8
 
@@ -208,6 +209,7 @@ class DynCIM(Method):
         self.loss_ema = torch.zeros(2, device=dev)       # fused, mean unimodal (adaptive α)
         self.win_steps = 0
         self._trace: dict[str, list] = {}
+        self.admitted: list[float] = []   # per epoch: the fraction of its samples with v > 0
 
     # --- set-up -------------------------------------------------------------------------------
     def setup(self, model):
@@ -228,6 +230,17 @@ class DynCIM(Method):
 
     def on_epoch_start(self, run):
         self._trace = {}
+
+    def on_epoch_end(self, run):
+        v = self._trace.get("v") or [None]
+        frac = 1.0 if v[0] is None else float(torch.cat(v).gt(0).float().mean())   # no pace: all
+        del self.admitted[run.epoch:]   # (a resumed run rewrites none)
+        self.admitted.append(frac)
+
+    def training_record(self):
+        """The self-paced curriculum over training: per epoch, the fraction of the samples whose
+        fused loss it admitted (v > 0; the modalities' own losses see every sample)."""
+        return admitted_summary(self.admitted)
 
     # --- modality level -----------------------------------------------------------------------
     def _modality_terms(self, st):
@@ -512,10 +525,12 @@ class DynCIM(Method):
     TENSORS = ("mem", "loss_ema")
 
     def state_dict(self):
-        return {"win_steps": self.win_steps, **{k: getattr(self, k) for k in self.TENSORS}}
+        return {"win_steps": self.win_steps, "admitted": list(self.admitted),
+                **{k: getattr(self, k) for k in self.TENSORS}}
 
     def load_state_dict(self, state):
         self.win_steps = state["win_steps"]
+        self.admitted = list(state.get("admitted", []))
         for k in self.TENSORS:
             getattr(self, k).copy_(state[k])
 

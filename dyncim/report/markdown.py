@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from .. import paths
-from . import ranks, sanity, stats
+from . import curricula, ranks, sanity, stats
 from ..atomic import write_text
 
 REFERENCES = ("joint", "dyncim")
@@ -206,6 +206,39 @@ def selection_section(data: str, runs: dict) -> list[str]:
             *_table(["method", "candidate", "validation", "seeds", ""], rows), ""]
 
 
+def _epoch_cell(epochs: list) -> str:
+    """The first epoch of full admission of each seed, in seed order; 0 is 'never within the run'."""
+    if all(e is None for e in epochs):
+        return DASH
+    return ", ".join(DASH if e is None else "never" if e == 0 else str(int(e)) for e in epochs)
+
+
+def curricula_section(data: str, record: dict | None) -> list[str]:
+    """DynCIM against BSS, its nearest relative (dyncim.report.curricula): the score, the paired
+    test against DynCIM, and what each curriculum admitted over training."""
+    if record is None:
+        return []
+    what = stats.PRIMARY_LABEL[record["metric"]]
+    rows = [[r["method"], str(r["seeds"]), _fmt(r["score"]),
+             "(reference)" if r["vs_dyncim"] is None else diff_cell(r["vs_dyncim"]),
+             _fmt(r["admitted_first"]), _fmt(r["admitted_mean"]), _epoch_cell(r["admitted_full_epoch"])]
+            for r in record["rows"]]
+    said = [stats.describe(r["vs_dyncim"], r["method"], "dyncim", what) for r in record["rows"]
+            if r["vs_dyncim"] is not None and r["vs_dyncim"]["mean_diff"] is not None]
+    return [f"### {data}: two curricula, DynCIM and BSS", "",
+            "BSS (balance-aware sequence sampling, IJCAI 2025) is the curriculum method closest to DynCIM. "
+            "They admit different things: BSS chooses which training samples an epoch draws at all (`bss`, "
+            "its curriculum variant: the easiest fraction λ_t of the training split, λ_t rising to 1; "
+            "`bss-spl`, self-paced: every sample, the easy ones earlier), while DynCIM's self-paced weight "
+            "chooses which samples of each batch its fused loss counts (v > 0; the modalities' own losses "
+            "see every sample). Admitted: the fraction of the training samples admitted in the first epoch and "
+            "its mean over all epochs (mean ± std over seeds), and per seed the first epoch that admitted "
+            "every sample.", "",
+            *_table(["method", "seeds", what, f"Δ {what} vs dyncim", "admitted, first epoch",
+                     "admitted, mean over training", "all admitted from epoch (per seed)"], rows), "",
+            *(f"- {t}" for t in said), ""]
+
+
 def data_section(params: dict, data: str, runs: dict, out: Path, robustness: dict | None,
                  figures: dict | None, ranges: dict | None = None) -> list[str]:
     figures = figures or {}
@@ -229,6 +262,7 @@ def data_section(params: dict, data: str, runs: dict, out: Path, robustness: dic
         h, r, abl = ablation_rows(runs, names, params, tests)
         lines += [f"### {data}: DynCIM ablations", "", *_table(h, r), ""]
         lines += [f"- {_verdicts({'dyncim': tests.get('dyncim', {})}, 'dyncim', [m for m in abl if m != 'dyncim'])}", ""]
+    lines += curricula_section(data, curricula.compare(params, runs))
     if "dyncim" in figures:
         lines += [_link(figures["dyncim"], out, f"{data}: DynCIM's GMR, HMIR, β, gates, α and pace over training"), ""]
     if robustness is not None:

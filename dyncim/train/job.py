@@ -165,7 +165,8 @@ def _train_seed(job: dict, data: str, method: str, seed: int, feats: DataSet,
                       "best_epoch": best["epoch"],
                       **{f"best_{k}": v for k, v in best.items() if k.startswith("val_")},   # val_acc / val_micro_f1
                       "state": best["state"],
-                      "in_dims": sub.shapes})
+                      "in_dims": sub.shapes,
+                      "training": trainer.method.training_record()})
         rows += [{"part": name or "all", **r} for r in trainer.history]
     out = root / paths.best_model(data, label, seed)
     torch_save({"data": data, "method": method, "seed": seed, "method_cfg": mcfg, "train_cfg": tcfg,
