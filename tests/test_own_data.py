@@ -283,7 +283,8 @@ def test_validate_merges_profiles_and_prints_one_line(tmp_path, capsys, monkeypa
     assert cli.main(["validate", "--configfile", str(PROFILE)]) == 0
     assert "configs/own-data.yaml: valid; 1 data sets x" in capsys.readouterr().out
     ds = spoil(tmp_path, "nan")
-    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"datasets": {"mine": ds}, "run": {"datasets": ["mine"]}}))
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"datasets": {"mine": ds}, "run": {"datasets": ["mine"],
+                                                                                     "methods": ["joint", "dyncim"]}}))
     assert cli.main(["validate", "--configfile", str(tmp_path / "bad.yaml")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("dyncim validate: error: params.yaml + ") and BAD["nan"][2][0] in err
@@ -353,14 +354,16 @@ def test_the_profile_plans_its_dag():
     assert counts["media"] == counts["extract"] == 1 and counts["train"] == len(methods), counts
 
 
-def runnable(params: dict) -> list[str]:
-    """params.yaml's run list but the methods that need encoder stages (Greedy): these files have
-    a sequence modality, and the params check refuses them there."""
+def runnable(params: dict, n_modalities: int = 3) -> list[str]:
+    """params.yaml's run list but the methods that need encoder stages (Greedy) or are defined for
+    fewer modalities (InfoReg, ARM): these files have three modalities, one a sequence, and the
+    params check refuses those methods there."""
     from dyncim.methods.catalog import CATALOG
     def kind(m):   # a method's type, through its `extends` chain
         cfg = params["methods"][m]
         return cfg["type"] if "type" in cfg else kind(cfg["extends"])
-    return [m for m in params["run"]["methods"] if not CATALOG[kind(m)].needs_stages]
+    return [m for m in params["run"]["methods"] if not CATALOG[kind(m)].needs_stages
+            and (CATALOG[kind(m)].max_modalities or n_modalities) >= n_modalities]
 
 
 def quick_config(ds, methods=None, params=None) -> dict:
