@@ -313,7 +313,8 @@ def test_bad_settings_are_named_by_the_schema(tmp_path):
 
 
 def _profile(repo, ds, name="bad.yaml"):
-    cfg = {"datasets": {"mine": ds}, "run": {"datasets": ["mine"]}}
+    # two methods that run on any set: the error must come from the file, not the run list
+    cfg = {"datasets": {"mine": ds}, "run": {"datasets": ["mine"], "methods": ["joint", "dyncim"]}}
     (repo / name).write_text(yaml.safe_dump(cfg))
     return name
 

@@ -26,6 +26,14 @@ def av(tmp_path_factory):
     return open_media(av_store(tmp_path_factory.mktemp("store") / "av"))
 
 
+@pytest.fixture(scope="module")
+def av32(tmp_path_factory):
+    """32 x 32 frames: no convolution of the frame encoder sees a 1 x 1 input. On such an input
+    oneDNN's bfloat16 weight gradient of the stride-2 3 x 3 convolution (torch 2.13 CPU) is NaN in
+    about one call in seven (docs/gpu.md), which no code of ours can prevent."""
+    return open_media(av_store(tmp_path_factory.mktemp("store32") / "av", frames=(2, 32, 32, 3)))
+
+
 def params_of(model):
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
@@ -55,8 +63,8 @@ def test_a_resumed_store_run_ends_like_an_uninterrupted_one(av, tmp_path):
 
 
 @pytest.mark.parametrize("method", ["joint", "dyncim", "ogm-ge"])
-def test_bf16_autocast_runs_the_encoders_and_keeps_methods_in_float32(av, tmp_path, method):
-    t = Trainer(av, method_cfg(method), {**TCFG, "epochs": 1, "amp": "bf16"}, 0, torch.device("cpu"),
+def test_bf16_autocast_runs_the_encoders_and_keeps_methods_in_float32(av32, tmp_path, method):
+    t = Trainer(av32, method_cfg(method), {**TCFG, "epochs": 1, "amp": "bf16"}, 0, torch.device("cpu"),
                 tmp_path / "last.pt", None, "f")
     assert all(e.amp == torch.bfloat16 for e in t.model.encoders)
     seen = {"conv": set(), "feat": set(), "logits": set(), "grads": set()}
