@@ -380,7 +380,8 @@ def test_tiny_resnets_from_a_store_with_frame_stacks(tmp_path, amp):
     from dyncim.data.media_set import open_media
     from tests.media_store import av_store
     from tests.test_train_media import TCFG
-    av = open_media(av_store(tmp_path / "av"))      # audio (1, 32, 24), visual frames (2, 3, 16, 16)
+    # audio (1, 32, 24), visual frames (2, 3, 32, 32): 32 x 32 as test_train_media's bf16 test says
+    av = open_media(av_store(tmp_path / "av", frames=(2, 32, 32, 3)))
     t = Trainer(av, {**PARAMS, "starting_epoch": 1}, {**TCFG, "amp": amp}, 0, torch.device("cpu"),
                 tmp_path / "last.pt", None, "f")
     mixer = t.model.extra[STAGE_MIXER]
@@ -388,7 +389,7 @@ def test_tiny_resnets_from_a_store_with_frame_stacks(tmp_path, amp):
     shapes = []
     mixer.blocks[0].register_forward_pre_hook(lambda mod, args: shapes.append([tuple(h.shape) for h in args[0]]))
     t.fit()
-    assert shapes[0] == [(8, 8, 4, 3), (8, 8, 2, 2, 2)]    # after layer2: the visual map (B, C, T, H, W)
+    assert shapes[0] == [(8, 8, 4, 3), (8, 8, 2, 4, 4)]    # after layer2: the visual map (B, C, T, H, W)
     assert all(math.isfinite(r["train_loss"]) for r in t.history)
     assert all(p.grad.dtype == torch.float32 for p in t.model.parameters() if p.grad is not None)
     assert all(torch.isfinite(v).all() for v in t.method.state_dict().values())
