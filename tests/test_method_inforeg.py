@@ -1,5 +1,6 @@
 """InfoReg: the Fisher trace against an independent autograd computation, the window's on/off
-epochs on constructed traces, the proximal term and its gradient, which modality is regularised,
+epochs on constructed traces, the proximal term and its gradient, which encoder is regularised
+(the leading one, each with its own weight),
 the three-modality refusal, and a training run that learns and resumes exactly."""
 import copy
 import math
@@ -16,7 +17,7 @@ from dyncim.models import build_model
 from dyncim.train.loop import Trainer
 from tests.conftest import REPO, TRAIN_CFG, RecordingWriter, at_epoch, tiny_features
 
-PARAMS = {"type": "inforeg", "fusion": "concat", "window": 10, "threshold": 0.04, "beta": 0.95}
+PARAMS = {"type": "inforeg", "fusion": "concat", "window": 10, "threshold": 0.05, "beta": 0.95, "beta_other": 0.1}
 F64 = {"dtype": torch.float64}
 
 
@@ -66,7 +67,7 @@ def test_window_factor_on_constructed_traces():
     # a full window: traces 1..12, w = 10: tr1 = sum(3..12)/10 = 7.5, tr2 = sum(2..11)/10 = 6.5
     t = [float(i) for i in range(1, 13)]
     assert window_factor(t, 10) == pytest.approx((7.5 - 6.5) / 7.5, rel=1e-12)
-    # on / off epochs with threshold 0.04: the trace grows by 50% a step for 4 epochs, then is flat
+    # on / off epochs with threshold 0.05: the trace grows by 50% a step for 4 epochs, then is flat
     traces = [1.0, 1.5, 2.25, 3.375] + [3.375] * 30
     m = InfoReg(dict(PARAMS), ctx())
     on = []
@@ -85,7 +86,7 @@ def test_window_factor_on_constructed_traces():
             k = traces[e - 1] / sum(traces[:e])
         else:
             k = (traces[e - 1] - traces[e - 11]) / sum(traces[e - 10:e])
-        expect.append(k > 0.04)
+        expect.append(k > 0.05)
     assert on == expect
     # on at first, off once the flat traces dominate, never back on when nothing grows
     first_off = on.index(False)
@@ -147,21 +148,31 @@ def test_proximal_term_and_its_gradient():
             torch.testing.assert_close(p.grad, before[name], rtol=0, atol=0)
 
 
-def test_no_regularisation_when_modality_0_trails_or_outside_the_window():
-    m = InfoReg(dict(PARAMS), ctx())
+@pytest.mark.parametrize("beta_other", [0.1, 0.0])
+def test_modality_1_leading_regularises_encoder_1_with_beta_other_and_nothing_outside_the_window(beta_other):
+    m = InfoReg({**PARAMS, "beta_other": beta_other}, ctx())
     model = _model(m)
     m.begin_epoch(at_epoch(0, model=model))
+    theta0 = [p.detach().clone() for p in model.encoders[1].parameters()]
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
     xs, y = _batch()
-    # modality 1 leads -> official: nothing regularised (the visual branch never runs there)
+    # modality 1 leads: current official code (ea7b9d5) adds 0.1 exp(tanh(s_1 - s_0)) (theta - theta0)
+    # to encoder 1 only; beta_other 0 is the first release, where that branch never ran
     _lead(model, 1, y)
     res, before = _step(m, model, xs, y)
     s = [float(F.softmax(z.detach(), 1)[torch.arange(len(y)), y].sum()) for z in res.terms]
     assert s[0] < s[1] and m.in_window()
+    b = beta_other * math.exp(math.tanh(s[1] - s[0]))
+    enc1 = list(model.encoders[1].parameters())
     for name, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, before[name], rtol=0, atol=0)
+        if name.startswith("encoders.1."):
+            i = [q is p for q in enc1].index(True)
+            torch.testing.assert_close(p.grad, before[name] + b * (p.detach() - theta0[i]), rtol=1e-12, atol=1e-14)
+            assert (b > 0) == bool((p.grad != before[name]).any())
+        else:   # encoder 0 and the heads keep their gradient
+            torch.testing.assert_close(p.grad, before[name], rtol=0, atol=0)
     _lead(model, 0, y)
     # outside the window (k <= threshold): modality 0 leading, still no change
     m.traces[0] = [1.0] * 12
@@ -182,8 +193,8 @@ def test_three_modalities_refused_by_the_params_check():
 
 def test_defaults_in_params():
     p = C.resolve(yaml.safe_load((REPO / "params.yaml").read_text()))
-    assert {k: p["methods"]["inforeg"][k] for k in ("window", "threshold", "beta")} == \
-        {"window": 10, "threshold": 0.04, "beta": 0.95}
+    assert {k: p["methods"]["inforeg"][k] for k in ("window", "threshold", "beta", "beta_other")} == \
+        {"window": 10, "threshold": 0.05, "beta": 0.95, "beta_other": 0.1}
 
 
 def _trainer(path, epochs, data):
@@ -203,7 +214,8 @@ def test_training_learns_and_resumes_exactly(tmp_path):
     w = RecordingWriter()
     a.method.log(w, 4)
     assert math.isfinite(w.scalars["inforeg/fisher_trace_m0"])
-    assert 0 < w.scalars["inforeg/regularised_fraction"] <= 1
+    fractions = [w.scalars[f"inforeg/regularised_fraction_{n}"] for n in ("m0", "m1")]
+    assert all(0 <= f <= 1 for f in fractions) and 0 < sum(fractions) <= 1   # one leader per step
     _trainer(tmp_path / "b.pt", 2, data).fit()
     b = _trainer(tmp_path / "b.pt", 4, data)
     b.fit()
