@@ -42,6 +42,15 @@ def test_the_paper_table_profiles_pin_their_recipe():
     assert C.method_config(av, "ogm-ge", "crema-d")["alpha"] == 0.8 and "select" not in C.method_config(av, "ogm-ge", "crema-d")
     assert C.method_config(av, "ogm-ge", "kinetics-sounds")["select"] == [{"alpha": 0.1}, {"alpha": 0.8}]
     assert C.data_info(av, "crema-d-actors")["split"] == "actor-disjoint"
+    # BSS's official loss weights: 0.1 / 0.9 in its CREMA-D folder, 1 / 1 in its KS folder
+    for m in ("bss", "bss-spl"):
+        assert [C.method_config(av, m, d)[k] for d in ("crema-d", "kinetics-sounds")
+                for k in ("fused_weight", "unimodal_weight")] == [0.1, 0.9, 1.0, 1.0]
+    # CGGM has no audio-visual run: its classification (default) and sentiment values compete
+    assert C.method_config(av, "cggm", "crema-d")["select"][1] == {"lamda": 0.2, "cls_weight_decay": 0.0}
+    food = merged(REPO / "configs" / "paper-image-text.yaml")   # CGGM's own Food-101 values: no choice
+    assert "select" not in C.method_config(food, "cggm", "food-101") and \
+        C.method_config(food, "cggm", "food-101")["lamda"] == 0.05
     mosei = merged(REPO / "configs" / "paper-mosei.yaml")
     t = C.train_job(mosei, "cmu-mosei", "joint")["train"]
     assert (t["optimizer"], t["epochs"], t["lr_step"], t["batch_size"]) == ("adamw", 40, 20, 32)
