@@ -95,26 +95,26 @@ def _raw(args, ds) -> str:
 
 
 def cmd_split(args):
-    from .data.features import make_split
+    from .data.sets.feature_set import make_split
     job = _job(args, lambda C, p: C.split_job(p, C.split_name(p, _dataset(C, p, args.data))))
     make_split(job["dataset"], job["split"], _raw(args, job["dataset"]), args.out)
 
 
 def cmd_features(args):
-    from .data.features import build
+    from .data.sets.feature_set import build
     job = _job(args, lambda C, p: C.features_job(p, _dataset(C, p, args.data)))
     build(job["dataset"], _raw(args, job["dataset"]), args.split, args.out)
 
 
 def cmd_media(args):
-    from .data.paper_raw import bring_in
+    from .data.steps.paper_raw import bring_in
     job = _job(args, lambda C, p: C.media_job(p, _media_dataset(C, p, args.data)))
     out = Path(args.out) if args.out else Path(paths.media_ready(args.data))
     print(bring_in(job["dataset"], out))
 
 
 def cmd_extract(args):
-    from .data.paper_store import build_store
+    from .data.steps.paper_store import build_store
     job = _job(args, lambda C, p: C.features_job(p, _media_dataset(C, p, args.data)))
     ready = Path(args.raw) if args.raw else Path(paths.media_ready(args.data))
     out = Path(args.out) if args.out else Path(paths.store_ready(args.data))

@@ -317,7 +317,7 @@ MEDIA_LOCATION_KEYS = frozenset({"base_url", "from_dir", "clip_list", "url", "sh
 
 def split_choices() -> set[str]:
     """Sources with a choice of split (`media.split`, absent = standard): CREMA-D's actor-disjoint
-    alternative (dyncim.data.actor_split)."""
+    alternative (dyncim.data.sources.actor_split)."""
     return {n for n, e in data_catalog.CATALOG.items() if len(e.splits) > 1}
 
 
@@ -496,14 +496,14 @@ def media_paths(params: dict, data: str) -> list[str]:
 
 
 def media_listing(params: dict, data: str) -> str:
-    """A listing fingerprint (names, sizes, mtimes; dyncim.data.discovery.listing_fingerprint) of
+    """A listing fingerprint (names, sizes, mtimes; dyncim.data.io.discovery.listing_fingerprint) of
     the user's folders and files a data set's media step reads, "" when it reads none: the media
     rule's param, so that a clip added to the user's folder, or a list file edited, reruns it
     (and what depends on it), while an unchanged tree reruns nothing."""
     where = media_paths(params, data)
     if not where:
         return ""
-    from .data.discovery import listing_fingerprint
+    from .data.io.discovery import listing_fingerprint
     return listing_fingerprint(where)
 
 

@@ -40,7 +40,7 @@ def media_ready(data: str) -> str:
 
 
 def store_dir(data: str) -> str:
-    """A paper-scale set's feature store: one folder per split (dyncim.data.store)."""
+    """A paper-scale set's feature store: one folder per split (dyncim.data.io.store)."""
     return f"data/features/{data}"
 
 

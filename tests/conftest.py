@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dyncim.data.features import FeatureSet
+from dyncim.data.sets.feature_set import FeatureSet
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")

@@ -1,12 +1,12 @@
 """Tiny feature stores for the store-backed training tests, written by the real writer
-(dyncim.data.store.SplitWriter), as the extraction recipes and the MOSEI converter lay them out."""
+(dyncim.data.io.store.SplitWriter), as the extraction recipes and the MOSEI converter lay them out."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
-from dyncim.data import store as S
+from dyncim.data.io import store as S
 
 CLASSES = ["a", "b", "c"]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dyncim.data import actor_split as A
+from dyncim.data.sources import actor_split as A
 from dyncim.data.sources import crema_d as C
 from test_crema_d import CLIPS, fake_crema_d
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from dyncim.data import augment as A
+from dyncim.data.sets import augment as A
 
 MEAN = torch.tensor(A.IMAGENET_MEAN).view(3, 1, 1)
 STD = torch.tensor(A.IMAGENET_STD).view(3, 1, 1)

@@ -16,9 +16,9 @@ import yaml
 
 from dyncim import cli
 from dyncim.data.sources import ave as A
-from dyncim.data import download as D
-from dyncim.data import extract as E
-from dyncim.data import store as S
+from dyncim.data.io import download as D
+from dyncim.data.extraction import extract as E
+from dyncim.data.io import store as S
 from dyncim.data.sources import vggsound as V
 from tests.conftest import REPO
 from test_download import make_media
@@ -217,7 +217,8 @@ def test_vggsound_refuses_a_subset_of_the_classes(tmp_path):
 
 KILLER = textwrap.dedent("""
     import os, signal, sys
-    from dyncim.data import download as D, extract as E, store as S
+    from dyncim.data.extraction import extract as E
+    from dyncim.data.io import download as D, store as S
     real, done = S.SplitWriter.commit, []
     def commit(self):
         real(self)
@@ -257,7 +258,7 @@ def test_a_killed_vggsound_extraction_resumes_without_redoing_finished_clips(vgg
 def test_a_check_that_fails_midway_leaves_no_report(tmp_path):
     """The shared discovery report (AVE, VGGSound, Kinetics-Sounds, UCF-101): an error while the
     clips are checked leaves none of clips.csv, problems.csv or summary.json, and no temp file."""
-    from dyncim.data import discovery
+    from dyncim.data.io import discovery
 
     rows = [(f"c{i}", "dog", split, None) for i, split in enumerate(["train", "val", "test"] * 4)]
 

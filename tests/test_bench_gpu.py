@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dyncim.bench import gpu as bench_gpu
-from dyncim.data import store as S
+from dyncim.data.io import store as S
 
 TINY = ["--train", "12", "--size", "16", "--width", "2", "--batch", "4", "--epochs", "1"]
 

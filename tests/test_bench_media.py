@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from dyncim.bench import media as B
-from dyncim.data import extract as E
-from dyncim.data import media as M
-from dyncim.data.store import open_split
-from dyncim.data.augment import FrameAugment
+from dyncim.data.extraction import extract as E
+from dyncim.data.io import media as M
+from dyncim.data.io.store import open_split
+from dyncim.data.sets.augment import FrameAugment
 
 N = 4
 CLASSES = ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")

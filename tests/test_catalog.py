@@ -10,7 +10,7 @@ import yaml
 from dyncim import codedeps
 from dyncim import config as C
 from dyncim.data import catalog, sources
-from dyncim.data import extract as E
+from dyncim.data.extraction import extract as E
 from tests.conftest import REPO, copy_repo
 from tests.test_pipeline import run
 
@@ -77,7 +77,7 @@ def test_a_source_job_declares_its_own_module_as_code():
     """The rules add a source's module (imported by name at run time) to the step's code inputs."""
     own = {codedeps.module_file(m).relative_to(REPO).as_posix()
            for m in codedeps.closure([catalog.module_name("crema-d")])}
-    assert "dyncim/data/sources/crema_d.py" in own and "dyncim/data/download.py" in own
+    assert "dyncim/data/sources/crema_d.py" in own and "dyncim/data/io/download.py" in own
     assert "dyncim/data/sources/crema_d.py" not in codedeps.step_files("media")
 
 
@@ -89,7 +89,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import download as D
+from ..io import download as D
 
 
 def bring_in(ds, out, log=print):
@@ -99,7 +99,7 @@ def bring_in(ds, out, log=print):
 
 
 def build(ds, raw, record, out, log=print):
-    from .. import store
+    from ..io import store
     z = np.load(raw / record["arrays"])
     y, n = z["y"], len(z["y"])
     parts = {"train": range(0, int(0.6 * n)), "val": range(int(0.6 * n), int(0.8 * n)), "test": range(int(0.8 * n), n)}

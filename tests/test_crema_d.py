@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from dyncim.data.sources import crema_d as C
-from dyncim.data import download as D
+from dyncim.data.io import download as D
 from test_download import RangeHandler, make_media, server, served, write_manifest  # noqa: F401
 
 CLIPS = [("1001_DFA_ANG_XX", "train"), ("1001_IEO_HAP_HI", "train"), ("1002_TIE_SAD_XX", "val"),

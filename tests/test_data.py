@@ -4,10 +4,10 @@ import torch
 import yaml
 
 from dyncim import config as C
-from dyncim.data import features as F
+from dyncim.data.sets import feature_set as F
 from dyncim.data.sources import synthetic as S
 from dyncim.data.sources.mfeat import read_view
-from dyncim.data.splits import read_split, stratified_split, write_split
+from dyncim.data.io.splits import read_split, stratified_split, write_split
 from tests.conftest import REPO
 
 PARAMS = C.resolve(yaml.safe_load((REPO / "params.yaml").read_text()))

@@ -1,4 +1,4 @@
-"""The data-set protocol (dyncim.data.dataset.DataSet): a feature file's FeatureSet and a store's
+"""The data-set protocol (dyncim.data.sets.dataset.DataSet): a feature file's FeatureSet and a store's
 MediaSet both implement it, and what the robustness sweep asks of them."""
 from types import SimpleNamespace
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from dyncim.data.dataset import DataSet, corrupt_modality, input_stats
-from dyncim.data.features import FeatureSet
-from dyncim.data.media_set import MediaSet, open_media
+from dyncim.data.sets.dataset import DataSet, corrupt_modality, input_stats
+from dyncim.data.sets.feature_set import FeatureSet
+from dyncim.data.sets.media_set import MediaSet, open_media
 from tests.conftest import tiny_features
 from tests.media_store import av_store, mosei_store
 

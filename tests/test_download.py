@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dyncim.data import download as D
+from dyncim.data.io import download as D
 from dyncim.data.sources import mfeat as MF
 from dyncim.data.sources.mfeat import DIMS, read_views
 

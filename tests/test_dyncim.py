@@ -225,7 +225,7 @@ def test_gate_normalisation_and_beta():
 
 def test_a_noise_modality_gets_gmr_below_one_and_a_lower_gate(tmp_path):
     """On the synthetic generator: an informative linear view and a view that is pure noise."""
-    from dyncim.data import features as Fe
+    from dyncim.data.sets import feature_set as Fe
     syn = C._fill_defaults(C.load_schema()["$defs"]["synthetic"], {
         "modalities": ["linear", "xor"], "per_class": 40, "linear": {"dim": 16, "scale": 0.5},
         "corrupt": [{"modality": 1, "kind": "noisy", "fraction": 1.0}]})

@@ -4,7 +4,7 @@ import torch
 from torch.nn import functional as F
 
 from dyncim import config as C
-from dyncim.data import features as Fe
+from dyncim.data.sets import feature_set as Fe
 from dyncim.methods.base import Context
 from dyncim.methods.dyncim import DynCIM
 from dyncim.models import build_model

@@ -8,9 +8,9 @@ import librosa
 import numpy as np
 import pytest
 
-from dyncim.data import extract as E
-from dyncim.data import media as M
-from dyncim.data import store as S
+from dyncim.data.extraction import extract as E
+from dyncim.data.io import media as M
+from dyncim.data.io import store as S
 
 LABELS = ("NEU", "HAP", "SAD")
 SMALL = dict(size=(48, 64), fps=10)  # tiny pictures: features are full size (224 x 224) anyway
@@ -129,7 +129,7 @@ def test_recipe_round_trip_and_sizes():
 
 
 def test_extract_from_clip_manifest(crema, tmp_path):
-    from dyncim.data import download
+    from dyncim.data.io import download
     clips = [download.Clip(c.clip, c.label, s, c.audio, c.video)
              for c, s in zip(crema, ["train", "train", "val", "test", "test"])]
     download.write_clip_manifest(tmp_path / "clips.csv", clips)

@@ -18,10 +18,10 @@ from dyncim import cli  # noqa: E402
 from dyncim import config as C  # noqa: E402
 from dyncim import multilabel as ML  # noqa: E402
 from dyncim import paths  # noqa: E402
-from dyncim.data import image_text, pretrained  # noqa: E402
-from dyncim.data import store as S  # noqa: E402
+from dyncim.data.extraction import image_text, pretrained  # noqa: E402
+from dyncim.data.io import store as S  # noqa: E402
 from dyncim.data.sources.food101 import prepare_food101  # noqa: E402
-from dyncim.data.media_set import open_media  # noqa: E402
+from dyncim.data.sets.media_set import open_media  # noqa: E402
 from dyncim.data.sources.mmimdb import GENRES, prepare_mmimdb  # noqa: E402
 from tests.conftest import REPO  # noqa: E402
 
@@ -307,7 +307,7 @@ def test_missing_transformers_names_the_extra(monkeypatch, tmp_path):
         pretrained.require_transformers()
     # the media step says so before indexing anything
     import importlib.util
-    from dyncim.data.paper_raw import bring_in
+    from dyncim.data.steps.paper_raw import bring_in
     find = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "transformers" else find(name, *a))
     ds = {"source": "mm-imdb", "media": {"from_dir": str(tmp_path / "nowhere")}}

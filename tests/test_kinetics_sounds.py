@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from dyncim.data import discovery
-from dyncim.data import download as D
+from dyncim.data.io import discovery
+from dyncim.data.io import download as D
 from dyncim.data.sources import kinetics_sounds as K
 from test_download import make_media
 

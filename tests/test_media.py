@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from dyncim.data import media as M
+from dyncim.data.io import media as M
 
 SIZE = (48, 64)  # (height, width) of the synthetic pictures: 4:3 like CREMA-D's 480 x 360
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from dyncim.data import store as S
-from dyncim.data.media_set import MediaSet, load_data, open_media
-from dyncim.data.augment import IMAGENET_MEAN, IMAGENET_STD
+from dyncim.data.io import store as S
+from dyncim.data.sets.media_set import MediaSet, load_data, open_media
+from dyncim.data.sets.augment import IMAGENET_MEAN, IMAGENET_STD
 from tests.conftest import tiny_features
 from tests.media_store import av_store, mosei_store
 

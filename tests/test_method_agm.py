@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from dyncim.data.features import FeatureSet
+from dyncim.data.sets.feature_set import FeatureSet
 from torch import nn
 
 from dyncim.methods.agm import AGM, agm_coefficients, mode_dependent

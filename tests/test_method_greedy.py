@@ -12,7 +12,7 @@ import yaml
 from torch.nn import functional as F
 
 from dyncim import config as C
-from dyncim.data.features import FeatureSet
+from dyncim.data.sets.feature_set import FeatureSet
 from dyncim.methods.base import Context
 from dyncim.methods.greedy import MMTM, Greedy, curation_update, speed_increments
 from dyncim.models import build_model
@@ -377,7 +377,7 @@ def test_evaluation_of_a_trained_run_runs_the_mmtm_and_reports_utilisation_rates
 
 @pytest.mark.parametrize("amp", ["off", "bf16"])
 def test_tiny_resnets_from_a_store_with_frame_stacks(tmp_path, amp):
-    from dyncim.data.media_set import open_media
+    from dyncim.data.sets.media_set import open_media
     from tests.media_store import av_store
     from tests.test_train_media import TCFG
     # audio (1, 32, 24), visual frames (2, 3, 32, 32): 32 x 32 as test_train_media's bf16 test says

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from dyncim.data.features import FeatureSet
+from dyncim.data.sets.feature_set import FeatureSet
 from dyncim.methods.base import Context
 from dyncim.methods.mla import MLA
 from dyncim.models import build_model

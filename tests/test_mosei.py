@@ -6,7 +6,7 @@ import pickle
 import numpy as np
 import pytest
 
-from dyncim.data import download as D
+from dyncim.data.io import download as D
 from dyncim.data.sources import mosei as M
 from test_download import RangeHandler, server  # noqa: F401
 
@@ -140,7 +140,7 @@ def test_fetch_by_url_with_sha256_or_from_a_path(server, tmp_path):
 
 
 def test_written_as_a_feature_store(tmp_path):
-    from dyncim.data import store
+    from dyncim.data.io import store
     path = write_pickle(tmp_path / "m.pkl", tiny_mosei())
     d = M.load_mosei(path, task="7class")
     outs = M.write_mosei_store(d, tmp_path / "features", source_sha256=D.sha256_of(path))

@@ -16,9 +16,9 @@ import yaml
 
 from dyncim import config as C
 from dyncim import paths
-from dyncim.data import store as S
+from dyncim.data.io import store as S
 from dyncim.data.sources import files as F
-from dyncim.data.splits import stratified_split
+from dyncim.data.io.splits import stratified_split
 from tests.conftest import REPO, copy_repo, venv_env
 from tests.test_pipeline import dry_counts, edited, run
 

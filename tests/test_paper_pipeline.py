@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from dyncim import paths
-from dyncim.data import store as S
+from dyncim.data.io import store as S
 from tests.conftest import copy_repo
 from tests.test_pipeline import run
 from test_crema_d import CLIPS, fake_crema_d

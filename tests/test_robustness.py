@@ -131,7 +131,7 @@ def _old_feature_sweep(built, feats, test, levels, seed, batch_size):
     clean test split and, per modality, one copy per level (m + level x one torch draw seeded
     seed * 1000 + m) and one with m zeroed, stacked and passed through the model in batches of
     `batch_size` rows; one accuracy per block."""
-    from dyncim.data.features import FeatureSet
+    from dyncim.data.sets.feature_set import FeatureSet
     from dyncim.train.inference import evaluate_split
     n = len(test)
     clean = [v[test] for v in feats.views]
@@ -150,7 +150,7 @@ def _old_feature_sweep(built, feats, test, levels, seed, batch_size):
 
 
 def test_the_one_sweep_gives_the_stacked_sweeps_numbers_on_a_feature_file(pipeline, tmp_path):
-    from dyncim.data.features import load
+    from dyncim.data.sets.feature_set import load
     from dyncim.evaluation.evaluate import load_run
     root, params, fpath = pipeline
     levels = (0.0, 0.5, 3.0)

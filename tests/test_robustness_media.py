@@ -13,8 +13,8 @@ import torch
 from dyncim import config as C
 from dyncim import paths
 from dyncim.evaluation import robustness
-from dyncim.data.dataset import input_stats
-from dyncim.data.media_set import open_media
+from dyncim.data.sets.dataset import input_stats
+from dyncim.data.sets.media_set import open_media
 from tests.conftest import TRAIN_CFG
 from tests.media_store import av_store, mosei_store
 

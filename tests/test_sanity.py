@@ -12,7 +12,7 @@ import yaml
 from dyncim import config as C
 from dyncim import paths
 from dyncim.report import summary as report, markdown as report_md, sanity
-from dyncim.data import features
+from dyncim.data.sets import feature_set as features
 from dyncim.evaluation.evaluate import evaluate_data
 from dyncim.train.job import train_job
 from tests.conftest import REPO

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from dyncim.data import media as M
-from dyncim.data import spectrogram as S
+from dyncim.data.io import media as M
+from dyncim.data.extraction import spectrogram as S
 
 
 def _signal(seconds, sr, seed=0):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from dyncim.data import store as S
+from dyncim.data.io import store as S
 
 ARRAYS = {"audio": ((4, 5), "float16"), "frames": ((2, 6, 6, 3), "uint8")}
 CLIPS = [f"c{i}" for i in range(6)]

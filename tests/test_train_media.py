@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dyncim import config as C
-from dyncim.data.media_set import open_media
+from dyncim.data.sets.media_set import open_media
 from dyncim.models.resnet import ResNet18Encoder
 from dyncim.models.sequence import SequenceEncoder
 from dyncim.train.loop import Trainer

@@ -12,13 +12,13 @@ import yaml
 from scipy.ndimage import gaussian_filter
 
 from dyncim import cli
-from dyncim.data import flow as FL
-from dyncim.data import media
-from dyncim.data import store as S
+from dyncim.data.extraction import flow as FL
+from dyncim.data.io import media
+from dyncim.data.io import store as S
 from dyncim.data.sources import ucf101 as U
-from dyncim.data.extract import RECIPES, extract_video_flow
-from dyncim.data.media_set import open_media
-from dyncim.data.augment import FlowAugment
+from dyncim.data.extraction.extract import RECIPES, extract_video_flow
+from dyncim.data.sets.media_set import open_media
+from dyncim.data.sets.augment import FlowAugment
 from tests.conftest import REPO
 
 CLASSES = ["ApplyEyeMakeup", "Archery", "HandstandPushups"]
@@ -172,7 +172,7 @@ def test_flow_measures_known_motion_in_stored_pixels(tmp_path, dx, dy):
 
 
 def test_the_recipe_reads_back_and_its_sample_size():
-    from dyncim.data.extract import Recipe
+    from dyncim.data.extraction.extract import Recipe
     r = RECIPES["ucf-101"]
     assert Recipe.from_dict(json.loads(json.dumps(r.to_dict()))) == r
     assert r.bytes_per_sample() == 3 * 128 * 128 * 3 + 3 * 128 * 128 * 2 == 245_760   # docs/data.md
@@ -264,7 +264,7 @@ def test_a_split_left_with_no_clip_is_an_error_after_the_report_is_written(tmp_p
 
 def test_without_opencv_a_ucf101_set_names_the_extra(monkeypatch, tmp_path):
     import importlib.util
-    from dyncim.data.paper_raw import bring_in
+    from dyncim.data.steps.paper_raw import bring_in
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "cv2" else real(name, *a))
     ds = {"source": "ucf-101", "media": {"from_dir": str(tmp_path), "jobs": 1}}

@@ -39,7 +39,7 @@ CREMA_D_TRAIN = 5954   # the standard split's training clips (resources/splits/c
 def write_store(root: Path, train: int, size: int = 224, frames: int = 3, audio=(257, 188),
                 val: int = 64, test: int = 16, seed: int = 0) -> Path:
     """A CREMA-D-shaped store under `root` ({train,val,test}/), random content of the real dtypes."""
-    from ..data import store as S
+    from ..data.io import store as S
     rng = np.random.default_rng(seed)
     classes = ["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"]
     specs = {"audio": (audio, "<f2"), "frames": ((frames, size, size, 3), "|u1")}
@@ -149,7 +149,7 @@ def epoch_figures(store: Path, methods, amps, epochs: int, batch: int, width: in
     large for the GPU. `on_row(rows)` is called after every row (the caller writes them)."""
     import torch
 
-    from ..data.media_set import open_media
+    from ..data.sets.media_set import open_media
     device = _device()
     rows = []
     settings = [(params.get("resident_fraction", 0.5), amp, m) for amp in amps for m in methods]
@@ -249,7 +249,7 @@ def share_worker(argv) -> int:
     try:
         import torch
 
-        from ..data.media_set import open_media
+        from ..data.sets.media_set import open_media
         params = C.load(a.params)
         torch.set_num_threads(params["threads"])   # as a training job sets it
         device = _device()

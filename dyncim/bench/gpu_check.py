@@ -168,8 +168,8 @@ def serve(root: Path):
 def crema_d_tree(www: Path, shipped: Path, n: int) -> dict:
     """n synthetic CREMA-D clips in the real layout under `www`, and the split file and LFS manifest
     that stand in for the shipped ones (written into `shipped`, a copy's resources/splits/crema-d)."""
-    from ..data import download as D
-    from ..data.media import write_synthetic_layout
+    from ..data.io import download as D
+    from ..data.io.media import write_synthetic_layout
     clips = write_synthetic_layout(www, "crema-d", n, labels=EMOTIONS, seconds=1.2, size=(120, 160), fps=10,
                                    splits=("train", "train", "train", "train", "val", "test"))
     with open(shipped / "splits.csv", "w", newline="") as f:

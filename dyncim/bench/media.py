@@ -3,7 +3,7 @@
 - `bench_loading(clips, split_dir, recipe)`: samples per second delivered to the model (augmented
   frames, float audio, labels, in batches on the training device), in one run, the three paths
   interleaved, all on the same number of threads:
-  (a) from the feature store (`dyncim.data.store`: a random batch gathered from the memory maps,
+  (a) from the feature store (`dyncim.data.io.store`: a random batch gathered from the memory maps,
       batched augmentation);
   (b) the peers' own loader (`JpegLoader`: OGM-GE's / BalanceBenchmark's CREMA-D data sets): the
       frames written once beforehand as 1 fps JPEG files per clip (outside the timing), then per
@@ -64,7 +64,7 @@ def write_jpeg_frames(clips, root: str | Path, fps: float = 1.0, quality: int = 
     pictures. Returns the clip folders."""
     from PIL import Image
 
-    from ..data import media
+    from ..data.io import media
     root = Path(root)
     out = []
     for c in clips:
@@ -134,7 +134,7 @@ class JpegLoader:
         import torch
         from PIL import Image
 
-        from ..data import media
+        from ..data.io import media
         folder = self.folders[i]
         files = sorted(os.listdir(folder))
         if not files:
@@ -183,7 +183,7 @@ def decode_loader(clips, split, recipe, augment, device="cpu"):
     of each clip, `extract.extract_clip`, then the same augmentation per sample, then stacking)."""
     import torch
 
-    from ..data import extract as E
+    from ..data.extraction import extract as E
 
     def load(idx, train: bool):
         fr, au, lab = [], [], []
@@ -208,9 +208,9 @@ def bench_loading(clips, split_dir: str | Path, recipe="crema-d", batch_size: in
     leave as is)."""
     import torch
 
-    from ..data import extract as E
-    from ..data.store import open_split
-    from ..data.augment import FrameAugment
+    from ..data.extraction import extract as E
+    from ..data.io.store import open_split
+    from ..data.sets.augment import FrameAugment
     if threads:
         torch.set_num_threads(threads)
     recipe = E.get_recipe(recipe)
@@ -267,7 +267,7 @@ def bench_loading(clips, split_dir: str | Path, recipe="crema-d", batch_size: in
 
 def synthetic_crema_d(root: str | Path, n: int, seed: int = 0, **kwargs):
     """n CREMA-D-like clips (see the module docstring) in CREMA-D's layout."""
-    from ..data import media
+    from ..data.io import media
     kw = dict(seconds=2.5, size=(360, 480), fps=30, texture=20.0, bit_rate=1_000_000, seed=seed,
               labels=("NEU", "HAP", "SAD", "FEA", "DIS", "ANG"), splits=("train",))
     kw.update(kwargs)
@@ -278,7 +278,7 @@ def loading(n_clips: int = 48, device: str = "cpu", batch_size: int = 32, min_se
             workers: int = 0, tmp: str | Path | None = None, modes=("train",), wav: str = "scipy") -> dict:
     """Make `n_clips` synthetic CREMA-D clips, extract them, and run `bench_loading` for each
     mode ("train": random resized crop + flip + normalise; "eval": resize + normalise)."""
-    from ..data import extract as E
+    from ..data.extraction import extract as E
     with tempfile.TemporaryDirectory(dir=tmp) as d:
         clips = synthetic_crema_d(Path(d) / "raw", n_clips)
         out = E.extract_split(clips, "crema-d", Path(d) / "features" / "train",
@@ -320,8 +320,8 @@ def _rss_child(args) -> None:
     import resource
     import threading
 
-    from ..data import extract as E
-    from ..data.media import SyntheticClip
+    from ..data.extraction import extract as E
+    from ..data.io.media import SyntheticClip
     clips = [SyntheticClip(**c) for c in json.loads(Path(args.clip_list).read_text())][:args.n]
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     workers: dict[int, int] = {}
@@ -388,7 +388,7 @@ def rss_of_discovery(ns=(2000, 20000, 200000), jobs: int = 2, tmp: str | Path | 
     with tempfile.TemporaryDirectory(dir=tmp) as d:
         d = Path(d)
         one = d / "one.mp4"
-        from ..data import media
+        from ..data.io import media
         media.encode_video(one, media.colour_frames(1.0, 10, 24, 32), 10, "mpeg4",
                            audio=media.tone(1.0, 16000, 440.0), sample_rate=16000)
         out = []

@@ -54,7 +54,7 @@ def epoch_ratio(params: dict, data: str, methods=("joint", "dyncim"), epochs: in
     implementation, on one embedded configuration; ratios to the baseline."""
     import torch
 
-    from ..data import features
+    from ..data.sets import feature_set as features
     from ..train.loop import Trainer
     torch.set_num_threads(params["threads"])
     path = REPO / paths.features_file(data)
@@ -92,7 +92,7 @@ def resnet_ratio(params: dict, batch: int, frames: int, steps: int, epochs: int,
     log-spectrogram (OGM-GE's audio recipe) and `frames` RGB frames of 224 x 224, 6 classes."""
     import torch
 
-    from ..data.features import FeatureSet
+    from ..data.sets.feature_set import FeatureSet
     from ..train.loop import Trainer
     torch.set_num_threads(os.cpu_count() or 1)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,3 +1,3 @@
-"""Data sets: the source catalog (catalog.py) and each source's module (sources/), and the generic
-parts every source shares: downloads, discovery of the user's files, splits, decoding and
-feature extraction, the feature stores and the compact feature files the trainer loads."""
+"""Data sets: the source catalog (catalog.py) and each source's module (sources/); the files on
+disk (io/), extraction from raw media (extraction/), the pipeline's data steps (steps/) and what
+training reads (sets/)."""

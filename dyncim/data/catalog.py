@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# kinds of modality (the model input each becomes; dyncim.data.media_set.array_kind)
+# kinds of modality (the model input each becomes; dyncim.data.sets.media_set.array_kind)
 KINDS = ("vector", "sequence", "spectrogram", "frames", "flow")
 # where a source's settings live in its data configuration (one of these keys, the others absent)
 SETTINGS = ("views", "synthetic", "media", "files")
@@ -27,14 +27,14 @@ class Source:
     # configuration, into data/raw/<data>/, then a marker, dyncim.paths.media_ready), None
     bring_in: str | None
     # the step that builds what training reads: "features" (one feature file from a stratified
-    # split, dyncim.data.features) or "extract" (a feature store, dyncim.data.paper_store)
+    # split, dyncim.data.sets.feature_set) or "extract" (a feature store, dyncim.data.steps.paper_store)
     build: str
     settings: str = "media"       # the data configuration's key holding its settings (SETTINGS)
     multilabel: bool | None = False   # None: the configuration says (`files.multilabel`)
     # `media.split` choices, the default first (a single one: its standard split only); empty: a
     # stratified split from params.yaml's `split:` (feature-file sources)
     splits: tuple[str, ...] = ("standard",)
-    # the extraction recipe (dyncim.data.extract.RECIPES, defined by the module of the source of
+    # the extraction recipe (dyncim.data.extraction.extract.RECIPES, defined by the module of the source of
     # that name); None: the module's `build` writes the store itself
     recipe: str | None = None
     downloads: tuple[str, ...] = ()   # bring_in "download": the files written into data/raw/<source>/
@@ -53,7 +53,7 @@ class Source:
 
 
 MFEAT_VIEWS = ("fou", "fac", "kar", "pix", "zer", "mor")
-# Image + text sets: frozen pretrained features (dyncim.data.image_text); their `media` model keys
+# Image + text sets: frozen pretrained features (dyncim.data.extraction.image_text); their `media` model keys
 # are filled in for them only (so that other sets' jobs keep their fingerprints), with these
 # defaults (the schema's descriptions say the same).
 IMAGE_TEXT_MEDIA = {"text_model": "bert-base-uncased", "text_revision": "main",
@@ -129,7 +129,7 @@ def module_name(name: str) -> str:
 
 
 def recipes() -> list[str]:
-    """The extraction recipes' names (dyncim.data.extract.RECIPES): each is defined by the module
+    """The extraction recipes' names (dyncim.data.extraction.extract.RECIPES): each is defined by the module
     of the source of that name (its `recipe()`), and other sources may name it too."""
     return [n for n, e in CATALOG.items() if e.recipe == n]
 

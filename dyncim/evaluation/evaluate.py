@@ -20,8 +20,8 @@ from torchmetrics.functional.classification import multiclass_accuracy, multicla
 from .. import multilabel as ML
 from ..atomic import write_json
 from ..config import with_method_defaults
-from ..data.dataset import DataSet
-from ..data.media_set import MediaSet, load_data
+from ..data.sets.dataset import DataSet
+from ..data.sets.media_set import MediaSet, load_data
 from ..data.sources.synthetic import CORRUPTION_CODES
 from ..train.assemble import assemble
 from ..train.inference import evaluate_split

@@ -3,7 +3,7 @@ time (no re-training).
 
 Per modality m: Gaussian noise added to m's model inputs at several levels, in units of m's
 spread on train, and m missing (every input value at m's train mean). The data set says what its
-unit is and draws the noise (`dyncim.data.dataset.DataSet`: corruption_stats, corruption_noise,
+unit is and draws the noise (`dyncim.data.sets.dataset.DataSet`: corruption_stats, corruption_noise,
 corrupt, corruption_record):
 - a feature file (FeatureSet) is standardised with train statistics, so one unit of noise is one
   train std per feature and missing is zeros; the noise is one draw per data set and modality
@@ -161,7 +161,7 @@ def sweep(params: dict, data: str, features_path: str | Path, root: str | Path =
     dyncim.paths.best_model under `root`. `features_path`: a feature file (FeatureSet) or a store
     (its folder or JSON summary: MediaSet), loaded with params' `resident_fraction`; `device`:
     where the models run ("auto": CUDA if there is one). Returns the robustness record (see `write`)."""
-    from ..data.media_set import load_data
+    from ..data.sets.media_set import load_data
     from ..device import pick_device
     from .evaluate import load_run
     root = Path(root)

@@ -159,7 +159,7 @@ class Method:
 
     def diagnostics(self, model, data, index: torch.Tensor, batch_size: int | None = None) -> dict:
         """The method's own figures on `data`'s samples `index` (the test split; `data`: a
-        dyncim.data.dataset.DataSet), for the evaluation record's `diagnostics`: {name: number}.
+        dyncim.data.sets.dataset.DataSet), for the evaluation record's `diagnostics`: {name: number}.
         `batch_size`: forward passes in batches of that size (None: all of `index` at once).
         Default: none ({}, and the record has no `diagnostics`)."""
         return {}

@@ -15,7 +15,7 @@ def assemble(data, method_cfg: dict, train_cfg: dict, device: torch.device,
              steps_per_epoch: int = 1, n_samples: int | None = None,
              extras: dict | None = None) -> tuple[Method, MultimodalModel]:
     """The method and its model (on `device`, with its CUDA settings: `prepare_for_device`) for
-    the modalities of `data` (a dyncim.data.dataset.DataSet: a FeatureSet or a MediaSet)."""
+    the modalities of `data` (a dyncim.data.sets.dataset.DataSet: a FeatureSet or a MediaSet)."""
     ctx = Context(names=data.names, n_classes=data.n_classes,
                   n_samples=len(data.labels) if n_samples is None else n_samples,
                   epochs=train_cfg["epochs"], steps_per_epoch=steps_per_epoch, device=device,

@@ -8,7 +8,7 @@ import torch
 @torch.no_grad()
 def evaluate_split(model, method, data, index: torch.Tensor, batch_size: int):
     """Fused logits (as the method predicts, label-free), per-modality logits and features.
-    `data`: a dyncim.data.dataset.DataSet (evaluation inputs: `data.batch(idx)`, never augmented)."""
+    `data`: a dyncim.data.sets.dataset.DataSet (evaluation inputs: `data.batch(idx)`, never augmented)."""
     was_training = model.training
     model.eval()
     M = len(data.names)

@@ -29,8 +29,8 @@ import torch
 from .. import config as C
 from .. import paths
 from ..atomic import torch_save, write_json, write_text
-from ..data.dataset import DataSet
-from ..data.media_set import load_data
+from ..data.sets.dataset import DataSet
+from ..data.sets.media_set import load_data
 from ..device import pick_device
 from ..methods import method_class
 from . import select
@@ -106,8 +106,8 @@ def data_fingerprint(path: str | Path) -> str:
     (meta.json: the plan's sha256, the counts, the failed clips; index.csv; inputs.csv, each
     sample's raw files' identity; each array file's size), never its arrays; a feature file by its
     sha256 (it is read whole anyway). A store's JSON summary stands for its folder."""
-    from ..data import store as S
-    from ..data.splits import SPLITS
+    from ..data.io import store as S
+    from ..data.io.splits import SPLITS
     path = Path(path)
     if path.suffix == ".json":
         path = path.parent
@@ -122,7 +122,7 @@ def data_fingerprint(path: str | Path) -> str:
             for f in sorted(d.glob("*.npy")) if d.is_dir() else ():
                 h.update(f"{sp}/{f.name}\0{f.stat().st_size}\0".encode())
     elif path.is_file():
-        from ..data.download import sha256_of
+        from ..data.io.download import sha256_of
         h.update(sha256_of(path).encode())
     return h.hexdigest()[:16]
 
@@ -190,7 +190,7 @@ def train_job(job: dict, data: str, method: str, seeds: list[int], features_path
     """`job`: the train job's configuration (dyncim.config.train_job(params, data, method), what
     the rule passes as `--job`), used as it is. `features_path`: the data configuration's feature
     file (a FeatureSet), or the folder of its feature store (`<root>/{train,val,test}/`, a
-    MediaSet: see dyncim.data.media_set)."""
+    MediaSet: see dyncim.data.sets.media_set)."""
     _check_job(job, data, method)
     torch.set_num_threads(job["threads"])
     device = pick_device(job["device"])

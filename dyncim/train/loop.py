@@ -3,7 +3,7 @@
 Feature sets live on the training device; batches are index slices of a seeded permutation
 (or of what the method's sampler hook `epoch_indices` makes of it: dyncim.methods.base),
 so the per-step work is tensor work with no host-device synchronisation: metrics accumulate as
-tensors and are read once per epoch. Store-backed sets (dyncim.data.media_set) gather, move and
+tensors and are read once per epoch. Store-backed sets (dyncim.data.sets.media_set) gather, move and
 augment each batch through the same `data.batch(idx, train, generator)`, their augmentation drawn
 from the trainer's own generator (saved in the checkpoint). On CUDA, the encoders run in bfloat16
 autocast and convolutions channels-last (dyncim.models.multimodal.prepare_for_device).

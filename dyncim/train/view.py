@@ -15,7 +15,7 @@ class RunView:
     seed: int
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    data: object                    # every split on the training device: a DataSet (dyncim.data.dataset)
+    data: object                    # every split on the training device: a DataSet (dyncim.data.sets.dataset)
                                     # (model inputs: data.batch(idx, train, generator))
     train_idx: torch.Tensor
     val_idx: torch.Tensor

@@ -1,12 +1,13 @@
 """The data sources' code: one module per source of dyncim.data.catalog, each exposing the few
 functions its catalog entry calls for (the steps look a source up there and import its module
-here only when they run it).
+here only when they run it). One helper lives beside them: actor_split.py, CREMA-D's
+actor-disjoint split, which crema_d.py uses and which makes the shipped split file.
 
 Feature-file sources (`build: "features"`: mfeat, synthetic):
     read(ds, raw_dir) -> (views, labels, corrupted, names, n_classes)
         the configuration's modalities as float arrays (N, d) before standardising, int labels,
         the per-sample corruption codes (N, M) or None, the modality names, the class count;
-        dyncim.data.features splits and standardises them.
+        dyncim.data.sets.feature_set splits and standardises them.
     download(out_dir, **options) -> list[Path]     (`bring_in: "download"` only)
         the files of the entry's `downloads` into out_dir (data/raw/<source>/).
 
@@ -14,14 +15,14 @@ Store sources (`build: "extract"`: the paper-scale sets and a user's own files):
     bring_in(ds, out, log) -> dict
         the media step: the raw files into folder `out` (data/raw/<data>/: downloaded, or
         located in the user's copy and indexed); returns what its marker records besides the
-        source (dyncim.data.paper_raw writes it).
+        source (dyncim.data.steps.paper_raw writes it).
     classes(raw, record) -> list[str]               (an entry with a `recipe`)
         the class names, in index order; the store is then extracted from the marker's clip list
-        (`record["clips"]`) by that recipe (dyncim.data.extract).
+        (`record["clips"]`) by that recipe (dyncim.data.extraction.extract).
     build(ds, raw, record, out, log) -> dict        (an entry without one)
         the store's train / val / test folders under `out`; returns what the store's summary
-        records besides the source and the per-split counts (dyncim.data.paper_store).
-    recipe() -> dyncim.data.extract.Recipe | VideoFlowRecipe
+        records besides the source and the per-split counts (dyncim.data.steps.paper_store).
+    recipe() -> dyncim.data.extraction.extract.Recipe | VideoFlowRecipe
         only the module of a source that defines a recipe of its own name.
 
 Either kind, where the entry says so:

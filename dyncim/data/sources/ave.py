@@ -15,14 +15,14 @@ clip, as the imbalance peers do.
 
 Files are found by stem (`<video id>.<ext>`, any folder under `from_dir`), probed in parallel, and
 clips that are missing, unreadable or lack a stream are listed in `problems.csv` and left out, as
-for Kinetics-Sounds (dyncim.data.discovery); a video id listed a second time is listed there as
+for Kinetics-Sounds (dyncim.data.io.discovery); a video id listed a second time is listed there as
 `duplicate` (its first listing is used).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from .. import discovery
+from ..io import discovery
 
 RESOURCES = Path(__file__).resolve().parents[3] / "resources" / "splits" / "ave"
 CLASSES_FILE = RESOURCES / "classes.txt"
@@ -99,7 +99,7 @@ def split_rows(folder: Path, classes: list[str]) -> tuple[list[tuple[str, str, s
 def prepare_ave(out: str | Path, from_dir: str | Path, *, probe: bool = True, jobs: int = 4,
                 classes: str | Path = CLASSES_FILE, log=print) -> dict:
     """Locate (and probe) every AVE clip of the official split in the user's copy; write into `out`
-    `clips.csv`, `problems.csv` and `summary.json` (dyncim.data.discovery.Report). Returns the
+    `clips.csv`, `problems.csv` and `summary.json` (dyncim.data.io.discovery.Report). Returns the
     per-split counts; a split with no usable clip is an error (after the report is written)."""
     out = Path(out)
     names = read_classes(classes)
@@ -137,6 +137,6 @@ def recipe():
     """The peers' AVEDataset (PMR / OGM-GE family): 22,050 Hz mono, 3 s tiled, STFT 512 / hop 256,
     log|S| -> 257 x 259 (their np.resize to 224 x 224, a reshuffle of the values, is left out);
     1 fps, 3 frames evenly spaced."""
-    from ..extract import FrameSpec, Recipe
-    from ..spectrogram import LogSTFT
+    from ..extraction.extract import FrameSpec, Recipe
+    from ..extraction.spectrogram import LogSTFT
     return Recipe("ave", LogSTFT(hop=256), FrameSpec(1.0, 3, (224, 224)), "mean")

@@ -4,7 +4,7 @@ The media are Git LFS objects of the public repository CheyneyComputerScience/CR
 project pins them by `resources/splits/crema-d/lfs-manifest.csv` (`path,sha256,size` of every
 `AudioWAV/*.wav` and `VideoFlash/*.flv`, 14,884 files, 3.05 GB) and takes its splits from
 `resources/splits/crema-d/splits.csv` (`clip,label,split`: 5,954 train, 744 val, 744 test), or
-the actor-disjoint alternative `splits-actor-disjoint.csv` (dyncim.data.actor_split).
+the actor-disjoint alternative `splits-actor-disjoint.csv` (dyncim.data.sources.actor_split).
 
 `download_crema_d` brings the files into a folder (by default from the repository's LFS media
 URL, or from any base URL or local folder with the same layout) with `download.sync_files`, and
@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import download as D
-from ..splits import read_clip_splits
+from ..io import download as D
+from ..io.splits import read_clip_splits
 
 RESOURCES = Path(__file__).resolve().parents[3] / "resources" / "splits" / "crema-d"
 LFS_MANIFEST = RESOURCES / "lfs-manifest.csv"
 SPLITS_FILE = RESOURCES / "splits.csv"
-# our actor-disjoint alternative, made from SPLITS_FILE by dyncim.data.actor_split (seed 0)
+# our actor-disjoint alternative, made from SPLITS_FILE by dyncim.data.sources.actor_split (seed 0)
 ACTOR_SPLITS_FILE = RESOURCES / "splits-actor-disjoint.csv"
 # `media.split` of a crema-d data set -> the file it reads; "standard" is the default
 SPLIT_FILES = {"standard": SPLITS_FILE, "actor-disjoint": ACTOR_SPLITS_FILE}
@@ -124,6 +124,6 @@ def classes(raw: Path, record: dict) -> list[str]:
 
 def recipe():
     """OGM-GE's CREMA-D: 22,050 Hz, 3 s tiled, STFT 512 / hop 353, log|S| -> 257 x 188; 1 fps, <= 3 frames."""
-    from ..extract import FrameSpec, Recipe
-    from ..spectrogram import LogSTFT
+    from ..extraction.extract import FrameSpec, Recipe
+    from ..extraction.spectrogram import LogSTFT
     return Recipe("crema-d", LogSTFT(), FrameSpec(1.0, 3, (224, 224)), "mean")

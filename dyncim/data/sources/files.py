@@ -14,15 +14,15 @@ Labels: a `.csv` column of class names (multi-label: names joined by `|`, empty 
 (multi-label) multi-hot 0/1 of shape (N, classes). Without `classes`, the classes are the distinct
 labels, sorted (numerically where all are integers). The split: a column or array of
 train / val / test, or a stratified split {train, val, seed} (the top-level `split:` by default;
-multi-label: stratified by each sample's set of labels), made by dyncim.data.splits as the
+multi-label: stratified by each sample's set of labels), made by dyncim.data.io.splits as the
 embedded sets' are.
 
 `check` reads everything when the params resolve, before any job runs: each problem is one line
 naming the file, the row or column and what was expected. The media step (`bring_in`) checks
 again, records each file's sha256 and the split (`split.csv`: row, id, split) in data/raw/<data>/;
 the extraction step (`build`) standardises every feature with train statistics (unless
-`standardize: false`) and writes the store (dyncim.data.store: one float32 array per modality),
-which training reads as any other store (dyncim.data.media_set).
+`standardize: false`) and writes the store (dyncim.data.io.store: one float32 array per modality),
+which training reads as any other store (dyncim.data.sets.media_set).
 
     python -m dyncim.data.sources.files --example resources/examples/own-data
 writes the worked example of configs/own-data.yaml (tiny; the same files every time).
@@ -39,10 +39,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..splits import SPLITS, stratified_split
+from ..io.splits import SPLITS, stratified_split
 
 FORMATS = (".npy", ".npz", ".csv")
-LABEL_SEP = "|"                # multi-label names in one CSV cell (dyncim.data.image_text's separator)
+LABEL_SEP = "|"                # multi-label names in one CSV cell (dyncim.data.extraction.image_text's separator)
 SPLIT_FILE = "split.csv"
 STATS_FILE = "standardize.npz"
 CHUNK_ROWS = 65536             # rows per pass of the finite / constant check (memory-mapped arrays)
@@ -514,7 +514,7 @@ def build(ds: dict, raw: Path, record: dict, out: Path, log=print) -> dict:
     """The store of the user's files: one float32 array per modality and split, standardised with
     the train split's statistics (per feature; over the steps too, for sequences) unless
     `standardize: false`; the statistics in `standardize.npz`."""
-    from .. import store
+    from ..io import store
     from ...atomic import atomic_path
     for p, want in record["files"].items():
         if sha256_of(p) != want["sha256"]:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..image_text import Sample, write_problems, write_samples
+from ..extraction.image_text import Sample, write_problems, write_samples
 
 IMAGE_EXT = (".jpg", ".jpeg", ".png")
 VAL_FRACTION = 5000 / 67988
@@ -135,11 +135,11 @@ def prepare_food101(out: str | Path, from_dir: str | Path, log=print) -> dict:
 
 def bring_in(ds: dict, out: Path, log=print) -> dict:
     """Images + texts indexed in the user's copy (not copied)."""
-    from ..pretrained import check_transformers
+    from ..extraction.pretrained import check_transformers
     check_transformers()   # the extraction needs it: say so before the walk
     return prepare_food101(out, ds["media"]["from_dir"], log=log)
 
 
 def build(ds: dict, raw: Path, record: dict, out: Path, log=print) -> dict:
-    from ..image_text import build_store
+    from ..extraction.image_text import build_store
     return build_store(ds, raw, record, out, record["classes"], False, log=log)

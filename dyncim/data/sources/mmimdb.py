@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..image_text import Sample, write_problems, write_samples
+from ..extraction.image_text import Sample, write_problems, write_samples
 
 GENRES = ("Drama", "Comedy", "Romance", "Thriller", "Crime", "Action", "Adventure", "Horror", "Documentary",
           "Mystery", "Sci-Fi", "Fantasy", "Family", "Biography", "War", "History", "Animation", "Musical",
@@ -104,11 +104,11 @@ def prepare_mmimdb(out: str | Path, from_dir: str | Path, log=print) -> dict:
 
 def bring_in(ds: dict, out: Path, log=print) -> dict:
     """Images + plots indexed in the user's copy (not copied)."""
-    from ..pretrained import check_transformers
+    from ..extraction.pretrained import check_transformers
     check_transformers()   # the extraction needs it: say so before the walk
     return prepare_mmimdb(out, ds["media"]["from_dir"], log=log)
 
 
 def build(ds: dict, raw: Path, record: dict, out: Path, log=print) -> dict:
-    from ..image_text import build_store
+    from ..extraction.image_text import build_store
     return build_store(ds, raw, record, out, list(GENRES), True, log=log)

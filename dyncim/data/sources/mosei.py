@@ -35,7 +35,7 @@ in [-3, 3].
 The pickle is read with an unpickler that only builds plain containers and numpy arrays (a
 pickle can run code when loaded; this one cannot). `load_mosei` returns per split the float32
 (N, T, d) sequences of each modality, the labels, the raw scores and the sample ids;
-`write_mosei_store` writes them as feature files in the layout of `dyncim.data.store`.
+`write_mosei_store` writes them as feature files in the layout of `dyncim.data.io.store`.
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from ...atomic import write_json
-from .. import download as D
+from ..io import download as D
 
 FILES = {"aligned": "mosei_senti_data.pkl", "unaligned": "mosei_senti_data_noalign.pkl"}
 MODALITIES = ("text", "audio", "vision")
@@ -277,11 +277,11 @@ def load_mosei(path: str | Path, task: str = DEFAULT_TASK, nonfinite: str = "zer
 # ---- writing it as feature files --------------------------------------------------------------
 def write_mosei_store(data: MoseiData, root: str | Path, source_sha256: str | None = None,
                       nonfinite: str = "zero") -> dict[str, Path]:
-    """Write each split into `root/<split>/` in the feature-store layout (`dyncim.data.store`):
+    """Write each split into `root/<split>/` in the feature-store layout (`dyncim.data.io.store`):
     `text.npy`, `audio.npy`, `vision.npy` float32 (N, T, d), `index.csv` (clip = the sample id,
     label = the class name), `meta.json` (classes, task, non-finite counts, dropped samples).
     A split already written from the same source file, task and rule is left as it is."""
-    from .. import store
+    from ..io import store
     out = {}
     for split, s in data.splits.items():
         plan = {"dataset": "cmu-mosei", "source_sha256": source_sha256, "task": data.task,

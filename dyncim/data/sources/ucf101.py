@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...atomic import atomic_path
-from .. import discovery
-from ..discovery import CLIPS, PROBLEMS, SPLITS, SUMMARY
+from ..io import discovery
+from ..io.discovery import CLIPS, PROBLEMS, SPLITS, SUMMARY
 
 RESOURCES = Path(__file__).resolve().parents[3] / "resources" / "splits" / "ucf-101"
 CLASSES_FILE = RESOURCES / "classes.txt"
@@ -261,7 +261,7 @@ def write_classes(path: Path, names: list[str]) -> None:
 # ---- the source's steps (dyncim.data.sources) ----------------------------------------------------
 
 def bring_in(ds: dict, out: Path, log=print) -> dict:
-    from ..flow import require_opencv
+    from ..extraction.flow import require_opencv
     media = ds["media"]
     require_opencv("UCF-101's flow modality")  # before the walk and probes, not at extraction
     res = prepare_ucf101(out, from_dir=media["from_dir"], lists=media.get("lists"),
@@ -273,7 +273,7 @@ def bring_in(ds: dict, out: Path, log=print) -> dict:
 
 def classes(raw: Path, record: dict) -> list[str]:
     """The shipped names, which the media step checked against classInd.txt and wrote."""
-    from ..flow import require_opencv
+    from ..extraction.flow import require_opencv
     require_opencv("UCF-101's flow modality")  # before any clip is decoded
     return read_classes(raw / CLASSES)
 
@@ -281,6 +281,6 @@ def classes(raw: Path, record: dict) -> list[str]:
 def recipe():
     """3 frames evenly spaced over the 1 fps frames, at 128 x 128, and the Farneback flow from each
     to the next decoded frame, clipped to 8 pixels, uint8 (docs/data.md)."""
-    from ..extract import FrameSpec, VideoFlowRecipe
-    from ..flow import FlowSpec
+    from ..extraction.extract import FrameSpec, VideoFlowRecipe
+    from ..extraction.flow import FlowSpec
     return VideoFlowRecipe("ucf-101", FrameSpec(1.0, 3, (128, 128)), FlowSpec())

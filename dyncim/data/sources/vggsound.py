@@ -17,7 +17,7 @@ Validation split (ours: VGGSound has none): from each class's train clips, the f
 smallest sha256 of `"vggsound-val:<clip id>"`. The rule is seeded by that fixed salt, stratified,
 independent of the file's order and of which clips the user has (it is drawn from the whole
 csv), so everyone gets the same val clips. Missing and unreadable clips are listed in
-`problems.csv` and left out, not fatal (dyncim.data.discovery).
+`problems.csv` and left out, not fatal (dyncim.data.io.discovery).
 
 Memory: the csv is read three times as a stream (labels and counts; the val draw, keeping only
 the val clips per class on a heap; the located rows, streamed to the output files); what stays
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ...atomic import write_text
-from .. import discovery
+from ..io import discovery
 from .kinetics_sounds import clip_key
 
 N_CLASSES = 309
@@ -123,7 +123,7 @@ def prepare_vggsound(out: str | Path, index: str | Path, *, from_dir: str | Path
                      expect_classes: int | None = N_CLASSES, log=print) -> dict:
     """Locate (and probe) every clip of `vggsound.csv` (`index`) in the user's copy; write into
     `out` `classes.txt`, then `clips.csv`, `problems.csv` and `summary.json`
-    (dyncim.data.discovery.Report). Returns the per-split counts."""
+    (dyncim.data.io.discovery.Report). Returns the per-split counts."""
     if (from_dir is None) == (clip_list is None):
         raise ValueError("VGGSound: give exactly one of from_dir (a folder of clips) and clip_list "
                          "(a CSV/TXT list of clip files)")
@@ -189,7 +189,7 @@ def classes(raw: Path, record: dict) -> list[str]:
 def recipe():
     """OGM-GE's VGGSoundDataset: 16 kHz mono, tiled, a 5 s window (the middle one of the peers'
     random start in [0, 5] s), STFT 256 / hop 128, log|S| -> 129 x 626; 1 fps, 3 frames."""
-    from ..extract import FrameSpec, Recipe
-    from ..spectrogram import LogSTFT
+    from ..extraction.extract import FrameSpec, Recipe
+    from ..extraction.spectrogram import LogSTFT
     return Recipe("vggsound", LogSTFT(sample_rate=16000, seconds=5.0, n_fft=256, hop=128, start=2.5),
                   FrameSpec(1.0, 3, (224, 224)), "mean")

@@ -5,15 +5,15 @@ naming what was brought in (a clip list, a pickle, a sample table, the user's fi
 
 Resumable: files already verified are kept; the marker is written only once everything is in, so
 a pipeline reruns an interrupted step, which then brings in only what is missing. The features
-come next (dyncim.data.paper_store).
+come next (dyncim.data.steps.paper_store).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..atomic import write_json
-from . import sources
-from .catalog import source as catalog_entry
+from ...atomic import write_json
+from .. import sources
+from ..catalog import source as catalog_entry
 
 
 def bring_in(ds: dict, ready: str | Path, log=print) -> Path:

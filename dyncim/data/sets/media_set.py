@@ -1,6 +1,6 @@
-"""Training and evaluation straight from a feature store (`dyncim.data.store`): `MediaSet`, the
+"""Training and evaluation straight from a feature store (`dyncim.data.io.store`): `MediaSet`, the
 store-backed counterpart of `FeatureSet`; both are data sets of the protocol
-`dyncim.data.dataset.DataSet` (names, n_classes, labels, split, corrupted, multilabel, index, to,
+`dyncim.data.sets.dataset.DataSet` (names, n_classes, labels, split, corrupted, multilabel, index, to,
 subset, shapes, `batch(idx, train, generator)` for the model inputs, and what the robustness
 sweep corrupts the inputs with).
 
@@ -10,18 +10,18 @@ are left out. The modalities are the store's arrays (`frames` is called `visual`
 audio, visual, vision, then any other by name. Each array's kind follows from its dtype and shape:
 
   frames       uint8 (T, H, W, 3), stored channels-last: a batch is gathered as uint8, moved to
-               the device and transformed there by `dyncim.data.augment.FrameAugment`: training
+               the device and transformed there by `dyncim.data.sets.augment.FrameAugment`: training
                batches get a random resized crop and flip per frame (crop shapes drawn in the
                clip's source aspect, from the store's index) drawn from the generator the trainer
                passes (its state is saved with the run); evaluation batches the whole picture.
                Either way normalised with ImageNet's mean/std: float32 (B, T, 3, S, S), S = H.
   spectrogram  float16 (F, T) or (1, F, T): float32 (B, 1, F, T), converted on the device.
   sequence     float32 (T, d) (CMU-MOSEI, `dyncim.data.mosei.write_mosei_store`): as stored.
-  flow         uint8 (T, H, W, 2), optical flow (UCF-101, `dyncim.data.flow`: 128 = no motion),
-               stored channels-last: transformed on the device by `dyncim.data.augment.FlowAugment`
+  flow         uint8 (T, H, W, 2), optical flow (UCF-101, `dyncim.data.extraction.flow`: 128 = no motion),
+               stored channels-last: transformed on the device by `dyncim.data.sets.augment.FlowAugment`
                (training: crop and flip per field, a flip negating the x component; evaluation:
                the whole field), de-quantised to flow / bound in [-1, 1]: float32 (B, T, 2, S, S).
-  vector       float32 (d,) (frozen pretrained features, `dyncim.data.image_text`): as stored; the
+  vector       float32 (d,) (frozen pretrained features, `dyncim.data.extraction.image_text`): as stored; the
                model input is a feature vector (shape: the int d), so `encoder: auto` picks the MLP.
 
 Labels: class indices (int64), or for a multi-label store (meta.json `multilabel`) multi-hot
@@ -36,7 +36,7 @@ asynchronously. On the CPU, batches are gathered from the memory maps.
 Robustness (dyncim.evaluation.robustness): the unit of a modality is the std of its *model inputs* on train,
 and a missing modality is every input value at their train mean: the mean and std of every input
 value over (up to) the first 512 train samples in index order, evaluation transform
-(`dyncim.data.dataset.input_stats`, computed once per set and device); for frames, the
+(`dyncim.data.sets.dataset.input_stats`, computed once per set and device); for frames, the
 ImageNet-normalised pixel values; for spectrograms, the log-magnitudes (log |STFT| or log
 filterbank energies, as stored); for sequences and vectors, the stored features. The noise is
 drawn per sample, shaped like one sample's input, from a generator seeded by (noise seed,
@@ -52,9 +52,9 @@ import numpy as np
 import torch
 
 from .augment import FlowAugment, FrameAugment
-from . import store as S
+from ..io import store as S
 from .dataset import corrupt_modality, input_stats
-from .splits import SPLITS
+from ..io.splits import SPLITS
 
 ORDER = ("text", "audio", "frames", "vision")
 RENAME = {"frames": "visual"}
@@ -232,7 +232,7 @@ class MediaSet:
             xs.append(x)
         return xs
 
-    # --- the robustness sweep (dyncim.data.dataset; see the module docstring) ------------------
+    # --- the robustness sweep (dyncim.data.sets.dataset; see the module docstring) ------------------
     def corruption_stats(self) -> list[dict]:
         """Per modality the train mean and std of its model inputs and the number of samples
         they are taken over (`input_stats`), computed on the first call."""
@@ -315,5 +315,5 @@ def load_data(path: str | Path, resident_fraction: float = 0.5):
         path = path.parent
     if path.is_dir():
         return open_media(path, resident_fraction)
-    from .features import load
+    from .feature_set import load
     return load(path)

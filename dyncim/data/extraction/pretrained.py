@@ -1,6 +1,6 @@
 """Frozen pretrained encoders for the image + text sets (Food-101, MM-IMDb), loaded through Hugging
 Face `transformers` (the optional extra `paper`): one text model (BERT family) and one ImageNet
-image model, used once to turn each sample into two feature vectors (dyncim.data.image_text).
+image model, used once to turn each sample into two feature vectors (dyncim.data.extraction.image_text).
 
 Text: the tokenizer and model of `text_model` (`AutoTokenizer`, `AutoModel`), texts truncated to
 `MAX_TOKENS` tokens; the feature is the mean of the last hidden state over the real tokens (the

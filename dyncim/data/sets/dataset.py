@@ -1,11 +1,11 @@
 """The data-set protocol: what training, evaluation and the robustness sweep read of a data
 configuration's samples, whatever holds them.
 
-Two classes implement it: `dyncim.data.features.FeatureSet` (a feature file's standardised
-vectors, in memory) and `dyncim.data.media_set.MediaSet` (a feature store, memory-mapped). Code
+Two classes implement it: `dyncim.data.sets.feature_set.FeatureSet` (a feature file's standardised
+vectors, in memory) and `dyncim.data.sets.media_set.MediaSet` (a feature store, memory-mapped). Code
 that takes a data set takes a `DataSet` and reads it through these members only.
 
-One index space over every sample; `split` holds each sample's split code (dyncim.data.splits.SPLITS:
+One index space over every sample; `split` holds each sample's split code (dyncim.data.io.splits.SPLITS:
 train 0, val 1, test 2) and `index(part)` the indices of one split. `batch(idx)` gives each
 modality's model inputs for the samples `idx` (evaluation inputs unless `train`); `shapes` their
 per-sample shapes (an int for vectors), what the encoders are built for.

@@ -22,11 +22,11 @@ labels, classes) is the same; otherwise it starts over. `finish()` writes index.
 and renames the folder onto its final name, so a split folder that exists is complete.
 `reopen(out_dir, redo)` turns a complete split back into an interrupted one with every sample
 but `redo` committed, so that a writer with the same plan redoes just those (a raw file that
-changed since it was extracted: `dyncim.data.extract`).
+changed since it was extracted: `dyncim.data.extraction.extract`).
 
 Reading (`open_split`): the arrays as read-only memory maps, the index as numpy arrays; batches
 with `Split.take(indices)` (one fancy-indexing copy per array, then `torch.from_numpy`). Training
-and evaluation read a store through `dyncim.data.media_set.MediaSet` (the three splits as one
+and evaluation read a store through `dyncim.data.sets.media_set.MediaSet` (the three splits as one
 data set; batches gathered into pinned memory, or whole arrays kept on the device when they fit).
 No decoding, no per-sample files.
 """
@@ -363,7 +363,7 @@ def open_split(path: str | Path, mmap: bool = True) -> Split:
     classes = list(meta.get("classes", []))
     lookup = {c: i for i, c in enumerate(classes)}
     try:
-        if meta.get("multilabel"):   # the label names joined by "|" (dyncim.data.image_text)
+        if meta.get("multilabel"):   # the label names joined by "|" (dyncim.data.extraction.image_text)
             labels = np.zeros((n, len(classes)), dtype=np.float32)
             for i, r in enumerate(rows):
                 labels[i, [lookup[x] for x in r["label"].split("|") if x]] = 1.0

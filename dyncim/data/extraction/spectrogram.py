@@ -21,7 +21,7 @@ any device):
 Why not torchaudio (`compliance.kaldi.fbank`, `transforms.MelSpectrogram`): its wheels are built
 against one torch release each and load only beside it (torchaudio 2.11.1, the newest, fails to
 load its `_torchaudio.so` with torch 2.13.0, and no torchaudio exists for 2.13), and the project
-pins torch==2.13.0; the same holds for torchvision (see `dyncim.data.augment`). The two recipes
+pins torch==2.13.0; the same holds for torchvision (see `dyncim.data.sets.augment`). The two recipes
 need only an STFT, a window and one filterbank, so they are written here and tested against
 independent implementations: librosa's STFT (a test-only dependency) for `LogSTFT`, and a
 from-first-principles numpy Kaldi fbank for `KaldiFbank` (librosa's mel filters, even with

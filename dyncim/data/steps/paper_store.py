@@ -1,10 +1,10 @@
 """The pipeline's second step for the store sources (dyncim.data.catalog: `build: "extract"`):
-features from the raw files (dyncim.data.paper_raw) into the store `data/features/<data>/<split>/`
-(dyncim.data.store), then its summary, written last (dyncim.paths.store_ready): what training
-reads. A source with an extraction recipe is extracted clip by clip (dyncim.data.extract); any
+features from the raw files (dyncim.data.steps.paper_raw) into the store `data/features/<data>/<split>/`
+(dyncim.data.io.store), then its summary, written last (dyncim.paths.store_ready): what training
+reads. A source with an extraction recipe is extracted clip by clip (dyncim.data.extraction.extract); any
 other writes its store itself (its module's `build`, dyncim.data.sources).
 
-Resumable: clips already extracted are kept (dyncim.data.extract); the summary is written only
+Resumable: clips already extracted are kept (dyncim.data.extraction.extract); the summary is written only
 once every split is complete, so a pipeline reruns an interrupted step, which then extracts only
 what is missing.
 """
@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..atomic import write_json
-from . import sources
-from .catalog import source as catalog_entry
+from ...atomic import write_json
+from .. import sources
+from ..catalog import source as catalog_entry
 
 
 def _ready(path: str | Path) -> tuple[Path, dict]:
@@ -30,7 +30,7 @@ def build_store(ds: dict, ready: str | Path, summary_path: str | Path, log=print
     """The store of data set configuration `ds` from the raw files `ready` names, into the folder
     of `summary_path` (one subfolder per split; dyncim.paths.store_ready), then the summary (per
     split: samples, failed clips); returns its path."""
-    from . import store
+    from ..io import store
     raw, rec = _ready(ready)
     summary_path = Path(summary_path)
     out = summary_path.parent
@@ -43,7 +43,7 @@ def build_store(ds: dict, ready: str | Path, summary_path: str | Path, log=print
     module = sources.module(name)
     summary: dict = {"source": name, "splits": {}}
     if entry.recipe:
-        from .extract import extract_manifest
+        from ..extraction.extract import extract_manifest
         classes = module.classes(raw, rec)
         extract_manifest(raw / rec["clips"], entry.recipe, out, classes, workers=ds["media"]["workers"], log=log)
         summary["recipe"] = entry.recipe

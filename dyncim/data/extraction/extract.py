@@ -1,7 +1,8 @@
 """Feature extraction: decode every clip of a split once, write its features into the split's
-store (`dyncim.data.store`), in parallel over clips, with a progress bar, streaming and resumable.
+store (`dyncim.data.io.store`), in parallel over clips, with a progress bar, streaming and resumable.
 
-    from dyncim.data import download, extract
+    from dyncim.data.extraction import extract
+    from dyncim.data.io import download
     clips = download.read_clip_manifest("data/raw/crema-d/clips.csv")     # the downloader's table
     extract.extract_split([c for c in clips if c.split == "train"], extract.RECIPES["crema-d"],
                           "data/features/crema-d/train", classes=crema_d.LABELS, workers=8)
@@ -11,7 +12,7 @@ A clip is anything with `.clip` (id), `.label` (class name), `.audio` and `.vide
 the same file when one holds both): `download.Clip` or `media.SyntheticClip`.
 
 UCF-101's recipe (`VideoFlowRecipe`) has no audio: the frames, and the optical flow from each
-sampled frame to the next decoded one (`dyncim.data.flow`), both uint8 and channels-last.
+sampled frame to the next decoded one (`dyncim.data.extraction.flow`), both uint8 and channels-last.
 
 Per clip (`extract_clip`, in a worker process): the audio track decoded and resampled with PyAV
 (`media.decode_audio`), its spectrogram with `torch.stft` (`spectrogram.LogSTFT` / `KaldiFbank`)
@@ -34,7 +35,7 @@ written.
 
 Stored frames: the whole picture resized to 224 x 224 (aspect not kept), the peers' test-time
 `Resize((224, 224))` exactly, so evaluation needs no resampling; training's RandomResizedCrop
-is drawn over the same whole picture by `dyncim.data.augment`, with the crop's aspect ratio
+is drawn over the same whole picture by `dyncim.data.sets.augment`, with the crop's aspect ratio
 measured in the source's geometry (the index keeps each clip's display aspect), i.e. the same
 crop boxes as torchvision's on the original frame, only sampled from 224 px instead of 360 px.
 224 rather than a larger size: 147 KiB per frame (256 x 256: 192 KiB, 31 % more for all of
@@ -54,10 +55,10 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from . import media
+from ..io import media
 from .flow import FlowSpec
 from .spectrogram import KaldiFbank, LogSTFT, audio_recipe_from_dict
-from .store import SplitWriter, is_complete, read_inputs, reopen
+from ..io.store import SplitWriter, is_complete, read_inputs, reopen
 
 EXTRACT_VERSION = 1  # bump when the code's output for the same recipe changes
 
@@ -110,7 +111,7 @@ class Recipe:
 class VideoFlowRecipe:
     """RGB frames and optical flow, no audio (UCF-101): `frames` uint8 (T, H, W, 3) sampled as
     `video` says, and `flow` uint8 (T, H, W, 2), each field between a sampled frame and the decoded
-    frame after it, computed on the stored-size pictures (`dyncim.data.flow`)."""
+    frame after it, computed on the stored-size pictures (`dyncim.data.extraction.flow`)."""
     name: str
     video: FrameSpec
     flow: FlowSpec
@@ -144,11 +145,11 @@ class _Recipes(Mapping):
     on first use (the peers' settings each reproduces are written there)."""
 
     def __iter__(self):
-        from .catalog import recipes
+        from ..catalog import recipes
         return iter(recipes())
 
     def __len__(self) -> int:
-        from .catalog import recipes
+        from ..catalog import recipes
         return len(recipes())
 
     def __getitem__(self, name: str) -> "Recipe | VideoFlowRecipe":
@@ -159,7 +160,7 @@ class _Recipes(Mapping):
 
 @functools.lru_cache(maxsize=None)
 def _recipe(name: str):
-    from . import sources
+    from .. import sources
     return sources.module(name).recipe()
 
 
@@ -331,7 +332,7 @@ def _carry_over(out_dir: Path, clips, inputs: list[str], recipe, classes: list[s
     removed or relabelled): copy into the writer `w` the samples of every clip it holds with the
     same label and the same raw files' identity, so that only the others are extracted again.
     Returns how many were kept."""
-    from . import store as S
+    from ..io import store as S
     if not is_complete(out_dir):
         return 0
     try:
@@ -370,7 +371,7 @@ def extract_split(clips: Sequence[ClipLike], recipe: Recipe | VideoFlowRecipe | 
 
     workers: processes (None: all CPUs; 0: in this process; start_method: see `_results`).
     inflight: clips submitted and not yet written (default 4 per worker). A finished split with
-    the same plan is left as it is; an interrupted one resumes (see `dyncim.data.store`); samples
+    the same plan is left as it is; an interrupted one resumes (see `dyncim.data.io.store`); samples
     are committed every `commit_every` clips or `commit_seconds` seconds. Failed clips are
     recorded, not fatal. Each sample's input identity (`input_identity`: its raw files' sizes and
     mtimes) is recorded with the split (inputs.csv): a clip whose raw files changed since is
@@ -442,7 +443,7 @@ def extract_manifest(manifest: str | Path, recipe: Recipe | str, out_root: str |
                      **kwargs) -> dict[str, Path]:
     """Every split of a clip manifest (`download.read_clip_manifest`'s `clips.csv`) into
     `out_root/<split>/`; clips keep the manifest's order within a split."""
-    from .download import read_clip_manifest
+    from ..io.download import read_clip_manifest
     clips = read_clip_manifest(manifest)
     return {s: extract_split([c for c in clips if c.split == s], recipe, Path(out_root) / s, classes,
                              desc=f"{get_recipe(recipe).name} {s}", **kwargs)

@@ -1,15 +1,15 @@
 """The image + text sets (Food-101, MM-IMDb): their sample list, and the extraction of frozen
 pretrained features into the feature store.
 
-Discovery (dyncim.data.sources.food101 / mmimdb, called by dyncim.data.paper_raw) writes `samples.csv`
+Discovery (dyncim.data.sources.food101 / mmimdb, called by dyncim.data.steps.paper_raw) writes `samples.csv`
 beside the media marker: one row per usable sample, `id,split,labels,image,text` (labels: the class
 name; for a multi-label set the label names joined by `|`, possibly none; image: the path of the
 image file in the user's copy, which is not copied; text: the sample's text itself), and
 `problems.csv` (`id,split,problem`) for the samples left out.
 
-Extraction (`extract_store`, called by dyncim.data.paper_store): per split, the frozen text and
-image models (dyncim.data.pretrained) turn each sample into two vectors stored as float32 arrays
-`text.npy` (N, d_text) and `image.npy` (N, d_image) through `dyncim.data.store.SplitWriter`:
+Extraction (`extract_store`, called by dyncim.data.steps.paper_store): per split, the frozen text and
+image models (dyncim.data.extraction.pretrained) turn each sample into two vectors stored as float32 arrays
+`text.npy` (N, d_text) and `image.npy` (N, d_image) through `dyncim.data.io.store.SplitWriter`:
 batched (`batch_size` samples per forward pass), with a progress bar, on CUDA when there is one,
 and resumable (samples already committed are skipped; a split complete with the same plan is left
 as it is, without loading the models). An image that cannot be decoded makes its sample `ok=0`
@@ -26,8 +26,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..atomic import write_text
-from .store import SplitWriter, is_complete
+from ...atomic import write_text
+from ..io.store import SplitWriter, is_complete
 
 EXTRACT_VERSION = 1   # bump when the code's output for the same models and samples changes
 SAMPLE_COLUMNS = ("id", "split", "labels", "image", "text")
@@ -100,7 +100,7 @@ def extract_split(samples: Sequence[Sample], out_dir: str | Path, classes: Seque
                   models: dict, encoders, batch_size: int = 64, commit_every: int = 256,
                   commit_seconds: float = 15.0, progress: bool = True, log=None) -> int:
     """Features of `samples` (in this order) into the split folder `out_dir` (see the module
-    docstring); `encoders`: a dyncim.data.pretrained.FrozenEncoders, or a function returning one
+    docstring); `encoders`: a dyncim.data.extraction.pretrained.FrozenEncoders, or a function returning one
     (called only when there is something to extract). Returns the number of samples extracted
     by this call (0 for a split already complete)."""
     from tqdm import tqdm

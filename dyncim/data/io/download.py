@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote, urlparse
 
-from ..atomic import atomic_path, write_json
+from ...atomic import atomic_path, write_json
 
 CHUNK = 1 << 20
 

@@ -13,7 +13,7 @@ Why Farneback (`cv2.calcOpticalFlowFarneback`) and not TV-L1, which TSN and I3D 
 Storage: each component is clipped to [-bound, bound] (stored pixels per frame) and quantised as
 q = round(f * 127 / bound) + 128, so q is in [1, 255], zero motion is exactly 128 and a horizontal
 flip is exactly q -> 256 - q. The model input is (q - 128) / 127 = f / bound, in [-1, 1]
-(`dyncim.data.augment.FlowAugment`). TSN's tools clip at 20 pixels of a 340 x 256 picture and
+(`dyncim.data.sets.augment.FlowAugment`). TSN's tools clip at 20 pixels of a 340 x 256 picture and
 scale to [0, 255]; our default bound of 8 is that bound at our stored width (20 * 128 / 340 = 7.5,
 rounded up), with a step of 8 / 127 = 0.063 pixel.
 """

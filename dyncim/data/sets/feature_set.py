@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import torch_save
-from . import sources
-from .sources import synthetic
-from .splits import SPLITS, read_split, stratified_split, write_split
+from ...atomic import torch_save
+from .. import sources
+from ..sources import synthetic
+from ..io.splits import SPLITS, read_split, stratified_split, write_split
 
 FORMAT = 1
 
@@ -64,7 +64,7 @@ def redraw_spec(ds: dict, views: list[torch.Tensor], corrupted, train) -> dict |
 
 @dataclass
 class FeatureSet:
-    """A feature file's samples in memory: a `dyncim.data.dataset.DataSet`."""
+    """A feature file's samples in memory: a `dyncim.data.sets.dataset.DataSet`."""
     names: list[str]
     n_classes: int
     views: list[torch.Tensor]
@@ -83,7 +83,7 @@ class FeatureSet:
 
     def batch(self, idx: torch.Tensor, train: bool = False, generator=None) -> list[torch.Tensor]:
         """Each modality's model input for the samples `idx`: its feature rows. (`train` and
-        `generator` serve sets that augment training batches (`dyncim.data.media_set`); features
+        `generator` serve sets that augment training batches (`dyncim.data.sets.media_set`); features
         are not augmented and no random number is drawn, except for a failing sensor's modality
         (`redraw`): in a training batch its noisy samples get a fresh noise reading from `generator`.)"""
         xs = [v[idx] for v in self.views]
@@ -114,7 +114,7 @@ class FeatureSet:
                           None if self.corrupted is None else self.corrupted[:, modalities],
                           redraw or None)
 
-    # --- the robustness sweep (dyncim.data.dataset) ---------------------------------------------
+    # --- the robustness sweep (dyncim.data.sets.dataset) ---------------------------------------------
     def corruption_stats(self) -> list[dict]:
         """The features are standardised with train statistics: one unit of noise is one train
         std per feature (1), and a missing modality is every feature at its train mean (0)."""

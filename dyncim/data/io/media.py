@@ -10,7 +10,7 @@
   frames at 1 fps, a 3.0 s clip 3; at least one), thinned to `max_frames` evenly spaced ones, and
   resized by libswscale to a fixed size (the whole picture, aspect not kept: the peers' test-time
   `Resize((224, 224))`); the display aspect ratio of the source is returned so that training crops
-  can follow the source's geometry (`dyncim.data.augment`).
+  can follow the source's geometry (`dyncim.data.sets.augment`).
 - `encode_video` / `encode_wav` / `write_synthetic_layout`: small synthetic media (solid colours
   changing once a second, a sine tone) in the real layouts, for tests and benchmarks; no data set
   is ever downloaded by them.
@@ -310,7 +310,7 @@ def write_synthetic_layout(root: str | Path, layout: str, n: int, labels=("a", "
                            fps: int = 30, splits=("train", "val", "test"), seed: int = 0,
                            texture: float = 0.0, bit_rate: int | None = None) -> list[SyntheticClip]:
     """`n` small synthetic clips under `root` in a real data set's layout; returns their records
-    (the fields of `dyncim.data.download.Clip`).
+    (the fields of `dyncim.data.io.download.Clip`).
 
     - "crema-d": `AudioWAV/<clip>.wav` (16 kHz mono PCM, a tone) + `VideoFlash/<clip>.flv`
       (Sorenson H.263 at `fps`, 480 x 360 by default, with an MP3 track as the originals have).

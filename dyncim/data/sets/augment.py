@@ -2,7 +2,7 @@
 ImageNet normalisation of a whole batch of stored uint8 frames at once (torchvision's transforms
 would work per PIL image on the CPU, and torchvision cannot be installed beside the pinned torch).
 
-Input: uint8 (B, T, 3, H, W) or (B, 3, H, W), any strides (`dyncim.data.store` hands out the
+Input: uint8 (B, T, 3, H, W) or (B, 3, H, W), any strides (`dyncim.data.io.store` hands out the
 stored (..., H, W, 3) frames as channels-last views; each is the whole source picture resized to
 H x W). Output: float (B, T, 3, size, size), contiguous, normalised.
 
@@ -219,11 +219,11 @@ class FrameAugment:
 
 # ---- optical flow ------------------------------------------------------------------------------
 
-FLOW_ZERO, FLOW_LEVELS = 128, 127  # dyncim.data.flow's quantisation: f = (q - 128) / 127 * bound
+FLOW_ZERO, FLOW_LEVELS = 128, 127  # dyncim.data.extraction.flow's quantisation: f = (q - 128) / 127 * bound
 
 
 class FlowAugment:
-    """Optical flow stored as uint8 (B, T, 2, H, W) (`dyncim.data.flow`: x and y components,
+    """Optical flow stored as uint8 (B, T, 2, H, W) (`dyncim.data.extraction.flow`: x and y components,
     128 = no motion) -> float (B, T, 2, size, size) = flow / bound, in [-1, 1].
 
     Training: per flow field, a crop box drawn as for the frames (`crop_boxes`, the same scale and

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_path
+from ...atomic import atomic_path
 
 SPLITS = ("train", "val", "test")
 

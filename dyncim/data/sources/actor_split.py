@@ -19,7 +19,7 @@ each (some recordings are missing), so matching the standard split's sizes keeps
 test sets (and so their statistical precision) alike. The shipped file was made with seed 0 and
 has 5,972 train / 732 val / 738 test clips from 73 / 9 / 9 actors:
 
-    python -m dyncim.data.actor_split --seed 0
+    python -m dyncim.data.sources.actor_split --seed 0
 
 and `--check` compares a regeneration with the shipped file (tests/test_actor_split.py does too).
 """
@@ -33,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_path
-from .sources.crema_d import ACTOR_SPLITS_FILE, SPLITS_FILE, parse_clip, read_splits
+from ...atomic import atomic_path
+from .crema_d import ACTOR_SPLITS_FILE, SPLITS_FILE, parse_clip, read_splits
 
 DEFAULT_SEED = 0
 
@@ -76,7 +76,7 @@ def write_rows(path: str | Path, rows) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m dyncim.data.actor_split",
+    ap = argparse.ArgumentParser(prog="python -m dyncim.data.sources.actor_split",
                                  description="CREMA-D's actor-disjoint split, made from the standard split")
     ap.add_argument("--seed", type=int, default=DEFAULT_SEED, help="shuffle seed (the shipped file: 0)")
     ap.add_argument("--splits", default=str(SPLITS_FILE), help="the standard split file (its clips and labels)")
