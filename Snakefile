@@ -1,5 +1,5 @@
-# The pipeline's one DAG: download -> split -> features -> train -> evaluate -> robustness ->
-# report (summary, figures, REPORT.md).
+# The pipeline's one DAG: download -> split -> feature file (or media -> extract: a feature store)
+# -> train -> evaluate -> robustness -> report (summary, figures, REPORT.md).
 # Configuration: params.yaml, deep-merged with any `--configfile` files and `--config` entries
 # (DVC reads params.yaml and runs targets of this file). Each rule passes its jobs their resolved
 # configuration and output paths: see workflow/rules/common.smk.

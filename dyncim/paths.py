@@ -25,7 +25,7 @@ def split_file(split: str) -> str:
     return f"data/splits/{split}.csv"
 
 
-def features_file(data: str) -> str:
+def feature_file(data: str) -> str:
     return f"data/features/{data}.pt"
 
 

@@ -49,7 +49,7 @@ import time
 
 ENV = "DYNCIM_WARM"
 # steps a child can run: in-process work only (media and extract start process pools of their own)
-COMMANDS = frozenset({"split", "features", "train", "evaluate", "robustness", "report", "figures",
+COMMANDS = frozenset({"split", "feature-file", "train", "evaluate", "robustness", "report", "figures",
                       "report-md"})
 # what the worker imports before serving: everything the steps above spend start-up time on
 PRELOAD = ("torch", "torch._dynamo", "torch.optim", "torch.utils.tensorboard", "numpy", "yaml",

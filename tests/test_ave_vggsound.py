@@ -46,7 +46,7 @@ def media_extract_train(root, name, params, capsys):
     ready, summary = root / "raw" / "ready.json", root / "features" / "store.json"
     for argv in (["media", "--data", name, "--out", str(ready)],
                  ["extract", "--data", name, "--raw", str(ready), "--out", str(summary)],
-                 ["train", "--data", name, "--method", "joint", "--features", str(summary), "--root", str(root)]):
+                 ["train", "--data", name, "--method", "joint", "--data-file", str(summary), "--root", str(root)]):
         assert cli.main(argv + ["--params", params]) == 0, capsys.readouterr().err[-3000:]
     return ready, summary
 

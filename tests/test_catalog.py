@@ -38,7 +38,7 @@ def test_the_schema_lists_the_catalog_sources_both_ways():
 def test_each_source_module_has_what_its_entry_calls_for(name):
     e = catalog.CATALOG[name]
     mod = sources.module(name)
-    need = {"features": ["read"], "extract": []}[e.build]
+    need = {"feature_file": ["read"], "extract": []}[e.build]
     if e.bring_in == "download":
         need.append("download")
     if e.bring_in == "media":
@@ -49,9 +49,9 @@ def test_each_source_module_has_what_its_entry_calls_for(name):
         need.append("recipe")
     need += [f for f, on in (("inputs", e.inputs), ("check", e.check)) if on]
     assert all(callable(getattr(mod, f, None)) for f in need), (name, need)
-    assert e.bring_in in (None, "download", "media") and e.build in ("features", "extract")
+    assert e.bring_in in (None, "download", "media") and e.build in ("feature_file", "extract")
     assert e.settings in catalog.SETTINGS and (e.modalities is None or {k for _, k in e.modalities} <= set(catalog.KINDS))
-    assert e.shared_split is None or e.build == "features"
+    assert e.shared_split is None or e.build == "feature_file"
     assert e.downloads == () or e.bring_in == "download"
 
 
@@ -165,8 +165,8 @@ def test_the_toy_entry_is_valid_against_this_catalog(monkeypatch):
         raw["datasets"]["toy"] = {"source": "toy", "media": {"from_path": "/x.npz"}}
         raw["run"]["datasets"] = ["toy"]
         p = C.resolve(raw)
-        assert C.n_modalities(p["datasets"]["toy"]) == 2 and C.data_input(p, "toy") == "data/features/toy/store.json"
-        assert C.features_job(p, "toy") == {"dataset": {"source": "toy", "media": {"workers": 4}}}
+        assert C.n_modalities(p["datasets"]["toy"]) == 2 and C.data_file(p, "toy") == "data/features/toy/store.json"
+        assert C.data_job(p, "toy") == {"dataset": {"source": "toy", "media": {"workers": 4}}}
         raw["datasets"]["toy"]["media"] = {"index": "/v.csv", "from_path": "/x.npz"}
         with pytest.raises(C.ParamsError, match=r"\['index'\] not allowed for this source"):
             C.resolve(raw)

@@ -11,7 +11,7 @@ from tests.conftest import REPO
 
 METHOD_FILES = {f"dyncim/methods/{e.module}.py" for e in CATALOG.values()}
 # dvc.yaml stage -> the steps (and method types) its Snakemake target runs
-STAGES = {"download": [("download", ()), ("media", ())], "features": [("split", ()), ("features", ()), ("extract", ())],
+STAGES = {"download": [("download", ()), ("media", ())], "features": [("split", ()), ("feature_file", ()), ("extract", ())],
           "train": [("train", tuple(CATALOG))], "evaluate": [("evaluate", tuple(CATALOG))],
           "robustness": [("robustness", tuple(CATALOG))],
           "report": [("report", ()), ("figures", ()), ("report_md", ())]}
@@ -32,7 +32,7 @@ def test_cli_counts_module_level_imports_and_the_steps_own():
     report = set(codedeps.step_files("report"))
     assert "dyncim/report/summary.py" in report and "dyncim/paths.py" in report
     assert not any(f.startswith(("dyncim/train/", "dyncim/methods/", "dyncim/models/")) for f in report)
-    assert "dyncim/config.py" not in set(codedeps.step_files("features"))  # jobs get --job, never read params
+    assert "dyncim/config.py" not in set(codedeps.step_files("feature_file"))  # jobs get --job, never read params
     evaluate = set(codedeps.step_files("evaluate", ["joint", "dyncim"]))
     assert {"dyncim/evaluation/evaluate.py", "dyncim/methods/joint.py", "dyncim/methods/dyncim.py"} <= evaluate
     with pytest.raises(ValueError, match="not a step"):

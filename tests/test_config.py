@@ -179,11 +179,11 @@ def test_paper_scale_data_sets(raw):
     assert C.data_device(p, "ks") == "cpu" and C.train_job(p, "crema-d", "joint")["device"] == "auto"
     assert C.evaluate_job(p, "synthetic-bi")["device"] == "cpu"
     # what reads the store vs the feature file
-    assert C.data_input(p, "crema-d") == "data/features/crema-d/store.json"
-    assert C.data_input(p, "mfeat-pix-zer") == "data/features/mfeat-pix-zer.pt"
+    assert C.data_file(p, "crema-d") == "data/features/crema-d/store.json"
+    assert C.data_file(p, "mfeat-pix-zer") == "data/features/mfeat-pix-zer.pt"
     # the extraction's configuration leaves out where the raw files came from (not a rerun trigger)
-    assert C.features_job(p, "ks") == {"dataset": {"source": "kinetics-sounds", "media": {"workers": 4}}}
-    assert C.features_job(p, "mosei")["dataset"]["media"] == {"workers": 4, "task": "7class"}
+    assert C.data_job(p, "ks") == {"dataset": {"source": "kinetics-sounds", "media": {"workers": 4}}}
+    assert C.data_job(p, "mosei")["dataset"]["media"] == {"workers": 4, "task": "7class"}
     assert C.media_job(p, "ks")["dataset"]["media"]["from_dir"] == "/k400"
 
 

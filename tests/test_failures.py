@@ -31,14 +31,14 @@ def test_cli_reports_bad_inputs_with_exit_code_2(tmp_path):
     bad = tmp_path / "f.pt"
     bad.write_bytes(b"not a torch file")
     r = subprocess.run([sys.executable, "-m", "dyncim", "train", "--data", "mfeat-pix-zer", "--method", "joint",
-                        "--features", str(bad), "--params", str(REPO / "params.yaml")],
+                        "--data-file", str(bad), "--params", str(REPO / "params.yaml")],
                        capture_output=True, text=True, env=venv_env())
     assert r.returncode == 2 and "f.pt: not a readable feature file" in r.stderr
     r = subprocess.run([sys.executable, "-m", "dyncim", "train", "--data", "nope", "--method", "joint",
-                        "--features", str(bad), "--params", str(REPO / "params.yaml")],
+                        "--data-file", str(bad), "--params", str(REPO / "params.yaml")],
                        capture_output=True, text=True, env=venv_env())
     assert r.returncode == 2 and "--data 'nope': not defined" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "dyncim", "train", "--job", "{not json", "--features", str(bad)],
+    r = subprocess.run([sys.executable, "-m", "dyncim", "train", "--job", "{not json", "--data-file", str(bad)],
                        capture_output=True, text=True, env=venv_env())
     assert r.returncode == 2 and "dyncim train: error: --job: not valid JSON" in r.stderr
 
@@ -47,7 +47,7 @@ def test_cli_reports_bad_inputs_with_exit_code_2(tmp_path):
 def test_failing_steps_leave_no_output_and_name_the_run(tmp_path):
     repo = copy_repo(tmp_path / "repo")
     user_given_mfeat(repo)
-    # a truncated raw file: the split and features steps fail, naming the file, and leave no output
+    # a truncated raw file: the split and feature-file steps fail, naming the file, and leave no output
     csv = repo / "data/raw/mfeat/mfeat-mor.csv"
     good = csv.read_bytes()
     csv.write_bytes(b"".join(good.splitlines(keepends=True)[:1001]))  # the header and 1000 rows

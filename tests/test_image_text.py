@@ -209,13 +209,13 @@ def test_mm_imdb_extraction_resume_training_and_f1(tmp_path, models, monkeypatch
     assert [m.kind for m in data.mods] == ["vector", "vector"]
 
     for method in ("joint", "unimodal"):
-        code = cli.main(["train", *argv[:2], "--method", method, "--features", str(summary), "--root",
+        code = cli.main(["train", *argv[:2], "--method", method, "--data-file", str(summary), "--root",
                          str(tmp_path), "--params", str(params)])
         assert code == 0, capsys.readouterr().err[-3000:]
     ck = torch.load(tmp_path / paths.best_model("mm", "joint", 0), weights_only=False)
     assert "best_val_micro_f1" in ck["parts"][0] and "best_val_acc" not in ck["parts"][0]
     assert ck["parts"][0]["state"]["encoders.0.net.0.weight"].shape == (8, 8)   # the MLP on vectors
-    assert cli.main(["evaluate", *argv, "--features", str(summary), "--root", str(tmp_path)]) == 0
+    assert cli.main(["evaluate", *argv, "--data-file", str(summary), "--root", str(tmp_path)]) == 0
     res = json.loads((tmp_path / paths.eval_file("mm", "joint", 0)).read_text())
     assert "acc" not in res and set(res["modalities"]) == {"text", "image"}
     # the evaluation's F1 equals F1 recomputed from the chosen model's test logits
@@ -235,7 +235,7 @@ def test_mm_imdb_extraction_resume_training_and_f1(tmp_path, models, monkeypatch
     md = (tmp_path / paths.SUMMARY["md"]).read_text()
     assert "| method | micro_f1 | macro_f1 |" in md.replace("  ", " ")
     # the robustness sweep scores micro-F1: its clean block equals the evaluation's micro_f1
-    assert cli.main(["robustness", *argv, "--features", str(summary), "--root", str(tmp_path)]) == 0
+    assert cli.main(["robustness", *argv, "--data-file", str(summary), "--root", str(tmp_path)]) == 0
     rob = json.loads((tmp_path / paths.robustness_file("mm")).read_text())
     assert rob["metric"] == "micro_f1" and rob["runs"]["joint"]["0"]["clean"] == pytest.approx(res["micro_f1"])
     assert cli.main(["figures", *argv, "--root", str(tmp_path)]) == 0
@@ -255,9 +255,9 @@ def test_food101_trains_single_label(tmp_path, models, capsys):
     assert cli.main(["extract", *argv, "--raw", str(ready), "--out", str(summary)]) == 0
     data = open_media(summary.parent)
     assert not data.multilabel and data.classes == ["pizza", "sushi"] and len(data) == 13
-    assert cli.main(["train", *argv[:2], "--method", "joint", "--features", str(summary), "--root", str(tmp_path),
+    assert cli.main(["train", *argv[:2], "--method", "joint", "--data-file", str(summary), "--root", str(tmp_path),
                      "--params", str(params)]) == 0, capsys.readouterr().err[-3000:]
-    assert cli.main(["evaluate", *argv, "--features", str(summary), "--root", str(tmp_path)]) == 0
+    assert cli.main(["evaluate", *argv, "--data-file", str(summary), "--root", str(tmp_path)]) == 0
     res = json.loads((tmp_path / paths.eval_file("food", "joint", 0)).read_text())
     assert 0 <= res["acc"] <= 1 and "micro_f1" not in res and "best_val_acc" in res
 

@@ -44,7 +44,7 @@ def tiny(tmp_path_factory):
         m.pop("seeds", None)
     (root / "params.yaml").write_text(yaml.safe_dump(p))
     assert cli.main(["split", "--data", "tri", "--out", str(root / "s.csv"), "--params", str(root / "params.yaml")]) == 0
-    assert cli.main(["features", "--data", "tri", "--split", str(root / "s.csv"), "--out", str(root / "f.pt"),
+    assert cli.main(["feature-file", "--data", "tri", "--split", str(root / "s.csv"), "--out", str(root / "f.pt"),
                      "--params", str(root / "params.yaml")]) == 0
     return root
 
@@ -53,9 +53,9 @@ def tiny(tmp_path_factory):
 def test_each_method_trains_through_the_cli_on_three_modalities(tiny, method, capsys):
     teacher = PARAMS["methods"][method].get("teacher")   # UMT distils from that method's runs: train it first
     if teacher and not (tiny / f"models/tri/{teacher}/seed0/best.pt").exists():
-        assert cli.main(["train", "--data", "tri", "--method", teacher, "--features", str(tiny / "f.pt"),
+        assert cli.main(["train", "--data", "tri", "--method", teacher, "--data-file", str(tiny / "f.pt"),
                          "--root", str(tiny), "--params", str(tiny / "params.yaml")]) == 0
-    code = cli.main(["train", "--data", "tri", "--method", method, "--features", str(tiny / "f.pt"),
+    code = cli.main(["train", "--data", "tri", "--method", method, "--data-file", str(tiny / "f.pt"),
                      "--root", str(tiny), "--params", str(tiny / "params.yaml")])
     if (CATALOG[PARAMS["methods"][method]["type"]].max_modalities or 3) < 3:   # two-modality methods refuse
         assert code != 0 and "at most 2 modalities" in capsys.readouterr().err

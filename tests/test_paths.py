@@ -10,7 +10,7 @@ CONVENTION = re.compile(r"^(data/(raw|splits|features)|models/|runs/|results/(ev
 
 
 def test_paths_give_snakemake_patterns_and_concrete_paths():
-    assert paths.features_file("{data}") == "data/features/{data}.pt"
+    assert paths.feature_file("{data}") == "data/features/{data}.pt"
     assert paths.manifest("{data}", "{method}") == "models/{data}/{method}/manifest.json"
     assert paths.best_model("d", "m", 1) == "models/d/m/seed1/best.pt"
     assert paths.last_checkpoint("d", "m", 1, "a-b") == "models/d/m/seed1/last-a-b.pt"

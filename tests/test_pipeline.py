@@ -142,7 +142,7 @@ def test_snakemake_end_to_end_incremental(built):
     assert (repo / "models/mfeat-fou-mor/joint/seed1/last.pt").exists()
     # every job wrote its stdout and stderr to its log
     assert "models/synthetic-bi/unimodal/seed1/best.pt" in (repo / "logs/train/synthetic-bi/unimodal.log").read_text()
-    for log in ("split/mfeat", "features/synthetic-bi", "evaluate/mfeat-fou-mor", "report"):
+    for log in ("split/mfeat", "feature_file/synthetic-bi", "evaluate/mfeat-fou-mor", "report"):
         assert (repo / f"logs/{log}.log").exists(), log
 
     again = snakemake(repo)
@@ -267,7 +267,7 @@ def test_quick_profile_runs_one_seed_of_few_epochs(tmp_path):
     commands = [line for line in out.splitlines() if "python -m dyncim train --job" in line]
     assert len(commands) == n_train
     for line in commands:
-        job = json.loads(line.split("--job '")[1].split("' --features")[0])
+        job = json.loads(line.split("--job '")[1].split("' --data-file")[0])
         assert job["train"]["epochs"] == quick["train"]["epochs"] and job["seeds"] == [0]
 
 
@@ -299,12 +299,12 @@ def test_code_and_default_edits_rerun_training_under_dvc(dvc_repo):
 
     assert stale() <= {"Data and pipelines are up to date."}
     with edited(repo / "dyncim/config.py", lambda t: t + "\n# edited\n"):
-        assert "train" in stale() and "features" not in stale()
+        assert "train" in stale() and "feature_file" not in stale()
     with edited(repo / "workflow/schemas/params.schema.yaml",
                 lambda t: set_schema_train_default(t, "eval_batch_size", 256)):
         assert "train" in stale()
     with edited(repo / "dyncim/methods/joint.py", lambda t: t + "\n# edited\n"):
-        assert {"train", "evaluate"} <= stale() and "features" not in stale()
+        assert {"train", "evaluate"} <= stale() and "feature_file" not in stale()
 
 
 @pytest.mark.slow

@@ -35,13 +35,13 @@ def cli(*args, root):
 def prepare(root):
     tiny(root)
     for cmd in (cli("split", "--data", "syn", "--out", str(root / "split.csv"), root=root),
-                cli("features", "--data", "syn", "--split", str(root / "split.csv"), "--out",
+                cli("feature-file", "--data", "syn", "--split", str(root / "split.csv"), "--out",
                     str(root / "f.pt"), root=root)):
         subprocess.run(cmd, check=True, env=venv_env())
 
 
 def train_cmd(root):
-    return cli("train", "--data", "syn", "--method", "dyncim", "--features", str(root / "f.pt"),
+    return cli("train", "--data", "syn", "--method", "dyncim", "--data-file", str(root / "f.pt"),
                "--root", str(root), root=root)
 
 

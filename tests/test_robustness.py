@@ -32,7 +32,7 @@ def tiny_pipeline(root, epochs=2):
     params["threads"] = 1
     feats = tiny_features(n=120, dims=(5, 4), n_classes=4)
     feats.names = ["dominant", "xor"]
-    fpath = root / paths.features_file("tiny")
+    fpath = root / paths.feature_file("tiny")
     torch_save({"format": 1, "names": feats.names, "n_classes": feats.n_classes, "views": feats.views,
                 "labels": feats.labels, "split": feats.split, "corrupted": None}, fpath)
     for m, seeds in METHODS.items():

@@ -320,7 +320,7 @@ def test_the_slurm_profile_runs_the_pipeline_and_a_cancelled_training_resumes(cl
         assert fields["MinMemoryNode"] == f"{want['mem_mb']}M", (rule, shown)
         assert minutes(fields["TimeLimit"]) == want["runtime"], (rule, shown)
         rules.add(rule)
-    assert rules == {"features", "train", "evaluate"}
+    assert rules == {"feature_file", "train", "evaluate"}
     # every job's output in its rule's log, on the shared file system
-    for rule, wc in (("features", [DATA]), ("train", [DATA, "joint"]), ("evaluate", [DATA])):
+    for rule, wc in (("feature_file", [DATA]), ("train", [DATA, "joint"]), ("evaluate", [DATA])):
         assert (run / paths.log_file(rule, *wc)).exists(), rule

@@ -102,7 +102,7 @@ def pipeline(tmp_path_factory):
         assert cli.main(["media", "--data", "ucf", "--out", str(ready), "--params", str(params)]) == 0
         assert cli.main(["extract", "--data", "ucf", "--raw", str(ready), "--out", str(summary),
                          "--params", str(params)]) == 0
-        assert cli.main(["train", "--data", "ucf", "--method", "joint", "--features", str(summary),
+        assert cli.main(["train", "--data", "ucf", "--method", "joint", "--data-file", str(summary),
                          "--root", str(root), "--params", str(params)]) == 0
     finally:
         mp.undo()

@@ -30,7 +30,7 @@ def tiny(tmp_path_factory):
     (root / "params.yaml").write_text(yaml.safe_dump(p))
     common = ["--data", "bi", "--params", str(root / "params.yaml")]
     assert cli.main(["split", *common, "--out", str(root / "s.csv")]) == 0
-    assert cli.main(["features", *common, "--split", str(root / "s.csv"), "--out", str(root / "f.pt")]) == 0
+    assert cli.main(["feature-file", *common, "--split", str(root / "s.csv"), "--out", str(root / "f.pt")]) == 0
     return root
 
 
@@ -61,7 +61,7 @@ def _env(**extra):
 
 def _train(tiny, tag, *, sock=None, epochs=None, wait=True, **env):
     cmd = [sys.executable, "-m", "dyncim", "train", "--data", "bi", "--method", "dyncim",
-           "--features", str(tiny / "f.pt"), "--root", str(tiny / tag), "--params", str(tiny / "params.yaml")]
+           "--data-file", str(tiny / "f.pt"), "--root", str(tiny / tag), "--params", str(tiny / "params.yaml")]
     if epochs is not None:
         p = yaml.safe_load((tiny / "params.yaml").read_text())
         p["train"]["epochs"] = epochs

@@ -57,15 +57,15 @@ def epoch_ratio(params: dict, data: str, methods=("joint", "dyncim"), epochs: in
     from ..data.sets import feature_set as features
     from ..train.loop import Trainer
     torch.set_num_threads(params["threads"])
-    path = REPO / paths.features_file(data)
+    path = REPO / paths.feature_file(data)
     if not path.exists():
         subprocess.run(["snakemake", str(path.relative_to(REPO)), "--cores", "all", "-q"], cwd=REPO,
                        env=_env(), check=True)
-    feats = features.load(path)
+    dataset = features.load(path)
     cfgs = {m: (C.method_config(params, m, data), C.train_config(params, data, m)) for m in methods}
     cfgs[REFERENCE] = ({**cfgs[methods[1]][0], "impl": "reference"}, cfgs[methods[1]][1])
     with tempfile.TemporaryDirectory() as tmp:
-        trainers = {m: Trainer(feats, mcfg, tcfg, 0, torch.device("cpu"), Path(tmp) / f"{m}.pt", None, "bench")
+        trainers = {m: Trainer(dataset, mcfg, tcfg, 0, torch.device("cpu"), Path(tmp) / f"{m}.pt", None, "bench")
                     for m, (mcfg, tcfg) in cfgs.items()}
         med = _interleaved_epochs(trainers, epochs)
     return {"data": data, "epoch_s": med, "ratio": med[methods[1]] / med[methods[0]],
@@ -100,11 +100,11 @@ def resnet_ratio(params: dict, batch: int, frames: int, steps: int, epochs: int,
     g = torch.Generator().manual_seed(0)
     split = torch.zeros(n + 2, dtype=torch.int8)
     split[n], split[n + 1] = 1, 2
-    feats = FeatureSet(["audio", "visual"], 6, [torch.randn(n + 2, 1, 257, 188, generator=g),
+    dataset = FeatureSet(["audio", "visual"], 6, [torch.randn(n + 2, 1, 257, 188, generator=g),
                                                torch.randn(n + 2, frames, 3, 224, 224, generator=g)],
                        torch.arange(n + 2) % 6, split, None)
     with tempfile.TemporaryDirectory() as tmp:
-        trainers = {m: Trainer(feats, C.method_config(params, m),
+        trainers = {m: Trainer(dataset, C.method_config(params, m),
                                {**C.train_config(params, "mfeat-pix-zer", m), "encoder": "resnet18",
                                 "batch_size": batch, "lr": 1e-3}, 0, device, Path(tmp) / f"{m}.pt", None, "bench")
                     for m in methods}

@@ -26,7 +26,7 @@ class Source:
     # named in `downloads`, shared by every configuration of the source), "media" (per
     # configuration, into data/raw/<data>/, then a marker, dyncim.paths.media_ready), None
     bring_in: str | None
-    # the step that builds what training reads: "features" (one feature file from a stratified
+    # the step that builds what training reads: "feature_file" (one feature file from a stratified
     # split, dyncim.data.sets.feature_set) or "extract" (a feature store, dyncim.data.steps.paper_store)
     build: str
     settings: str = "media"       # the data configuration's key holding its settings (SETTINGS)
@@ -75,11 +75,11 @@ def _media(*required: str, forbidden=(), one_of=None) -> dict:
 
 
 CATALOG: dict[str, Source] = {
-    "mfeat": Source("mfeat", None, "download", "features", settings="views",
+    "mfeat": Source("mfeat", None, "download", "feature_file", settings="views",
                     downloads=tuple(f"mfeat-{v}.csv" for v in MFEAT_VIEWS),
                     shared_split={"views": list(MFEAT_VIEWS)}, device_auto="cpu",
                     about="UCI Multiple Features: six feature views of 2000 digits, `views` the modalities"),
-    "synthetic": Source("synthetic", None, None, "features", settings="synthetic", device_auto="cpu",
+    "synthetic": Source("synthetic", None, None, "feature_file", settings="synthetic", device_auto="cpu",
                         about="generated here with known modality- and sample-level imbalance (docs/synthetic.md)"),
     "crema-d": Source("crema_d", _AV, "media", "extract", splits=("standard", "actor-disjoint"),
                       recipe="crema-d", media_required=False,

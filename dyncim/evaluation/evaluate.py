@@ -57,7 +57,7 @@ def linear_probe(tr, ytr, va, yva, te, yte, n_classes: int, multilabel: bool = F
     return {"probe_val": best[0], "probe_ridge": best[1], "probe": best[2]}
 
 
-def load_run(path: Path, feats: DataSet, device):
+def load_run(path: Path, dataset: DataSet, device):
     """Rebuild every part's model (and method, for its label-free prediction) from best.pt."""
     try:
         ck = torch.load(path, map_location=device, weights_only=False)
@@ -68,7 +68,7 @@ def load_run(path: Path, feats: DataSet, device):
     ck["method_cfg"] = with_method_defaults(ck["method_cfg"])
     built = []
     for part in ck["parts"]:
-        sub = feats.subset(part["modalities"])
+        sub = dataset.subset(part["modalities"])
         dims = sub.shapes
         if dims != [d if isinstance(d, int) else tuple(d) for d in part["in_dims"]] or sub.names != part["names"]:
             raise ValueError(f"{path}: trained on modalities {part['names']} with input sizes {part['in_dims']}, "
@@ -92,14 +92,14 @@ def _cpu(out):
     return fused.cpu(), [p.cpu() for p in parts], [f.cpu() for f in feats]
 
 
-def evaluate_run(path: Path, feats: DataSet, device="cpu") -> dict:
-    """`feats` (a DataSet) on `device` (a MediaSet: `feats.to(device)` first); the figures are
+def evaluate_run(path: Path, dataset: DataSet, device="cpu") -> dict:
+    """`dataset` (a DataSet) on `device` (a MediaSet: `dataset.to(device)` first); the figures are
     computed on the CPU from the model's outputs."""
-    ck, built = load_run(path, feats, device)
+    ck, built = load_run(path, dataset, device)
     C_ = ck["n_classes"]
-    idx = {s: feats.index(s) for s in ("train", "val", "test")}
-    y = {s: feats.labels[i].cpu() for s, i in idx.items()}
-    res = {"data": ck["data"], "method": ck["method"], "seed": ck["seed"], "names": list(feats.names),
+    idx = {s: dataset.index(s) for s in ("train", "val", "test")}
+    y = {s: dataset.labels[i].cpu() for s, i in idx.items()}
+    res = {"data": ck["data"], "method": ck["method"], "seed": ck["seed"], "names": list(dataset.names),
            "modalities": {}}
     if "selection" in ck:   # the settings chosen on validation (dyncim.train.select)
         res["selection"] = ck["selection"]
@@ -116,8 +116,8 @@ def evaluate_run(path: Path, feats: DataSet, device="cpu") -> dict:
             res["macro_f1"] = float(multiclass_f1_score(fused, y["test"], num_classes=C_, average="macro"))
         if len(built) == 1:
             res.update(_best(part))
-            if feats.corrupted is not None:
-                res["acc_by_corruption"] = _by_corruption(fused, y["test"], feats.corrupted[idx["test"]], sub.names)
+            if dataset.corrupted is not None:
+                res["acc_by_corruption"] = _by_corruption(fused, y["test"], dataset.corrupted[idx["test"]], sub.names)
         for m, name in enumerate(sub.names):
             r = {"own": score(parts[m], y["test"], C_)}
             r.update(linear_probe(out["train"][2][m], y["train"], out["val"][2][m], y["val"],
@@ -144,7 +144,7 @@ def _by_corruption(logits, y, codes, names) -> dict:
     return out
 
 
-def evaluate_data(params: dict, data: str, features_path: Path, root: Path = Path("."),
+def evaluate_data(params: dict, data: str, data_path: Path, root: Path = Path("."),
                   outputs: list[Path] | None = None) -> list[Path]:
     """Every method and seed of the run list on one data set. `params`: resolved params or an
     evaluate job's configuration (dyncim.config.evaluate_job); models are read under `root`;
@@ -156,16 +156,16 @@ def evaluate_data(params: dict, data: str, features_path: Path, root: Path = Pat
     if len(outputs) != len(runs):
         raise ValueError(f"evaluate {data}: {len(outputs)} output paths for {len(runs)} runs (methods x seeds)")
     torch.set_num_threads(params["threads"])
-    feats = load_data(features_path, params.get("resident_fraction", 0.5))
+    dataset = load_data(data_path, params.get("resident_fraction", 0.5))
     device = "cpu"
     # Where to evaluate is a policy, not an interface difference (no DataSet member decides it): a
     # feature file's small MLPs on the host, as always; a store's encoders (ResNet-18 over every
     # split) on the job's device.
-    if isinstance(feats, MediaSet):
+    if isinstance(dataset, MediaSet):
         from ..device import pick_device
         device = pick_device(params.get("device", "auto"))
-        feats = feats.to(device)
+        dataset = dataset.to(device)
     for (method, seed), out in zip(runs, outputs):
-        res = evaluate_run(root / paths.best_model(data, method, seed), feats, device)
+        res = evaluate_run(root / paths.best_model(data, method, seed), dataset, device)
         write_json(out, res)
     return list(outputs)

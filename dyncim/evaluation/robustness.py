@@ -154,11 +154,11 @@ def summarise(runs: dict, names: list[str], n_levels: int) -> dict:
     return out
 
 
-def sweep(params: dict, data: str, features_path: str | Path, root: str | Path = ".",
+def sweep(params: dict, data: str, data_path: str | Path, root: str | Path = ".",
           levels=LEVELS, seed: int = NOISE_SEED, device: str = "cpu") -> dict:
     """Evaluate every method and seed of `params` (resolved params, or a job configuration with
     run.methods and methods.<m>.seeds) on data set `data` under corruption. Models are read from
-    dyncim.paths.best_model under `root`. `features_path`: a feature file (FeatureSet) or a store
+    dyncim.paths.best_model under `root`. `data_path`: a feature file (FeatureSet) or a store
     (its folder or JSON summary: MediaSet), loaded with params' `resident_fraction`; `device`:
     where the models run ("auto": CUDA if there is one). Returns the robustness record (see `write`)."""
     from ..data.sets.media_set import load_data
@@ -168,21 +168,21 @@ def sweep(params: dict, data: str, features_path: str | Path, root: str | Path =
     if "threads" in params:
         torch.set_num_threads(params["threads"])
     device = pick_device(str(device))
-    feats = load_data(features_path, params.get("resident_fraction", 0.5)).to(device)
-    test = feats.index("test")
+    dataset = load_data(data_path, params.get("resident_fraction", 0.5)).to(device)
+    test = dataset.index("test")
     runs, skipped = {}, {}
     for method in params["run"]["methods"]:
         for s in params["methods"][method]["seeds"]:
-            ck, built = load_run(root / paths.best_model(data, method, s), feats, device)
-            res = _accuracies(built, feats, test, levels, seed, ck["train_cfg"]["eval_batch_size"])
+            ck, built = load_run(root / paths.best_model(data, method, s), dataset, device)
+            res = _accuracies(built, dataset, test, levels, seed, ck["train_cfg"]["eval_batch_size"])
             if res is None:
                 skipped[method] = "trains each modality as a separate model: no fused prediction to corrupt"
                 break
             runs.setdefault(method, {})[str(s)] = res
-    names = list(feats.names)
+    names = list(dataset.names)
     return {"data": data, "names": names, "methods": list(runs), "levels": [float(v) for v in levels],
-            **({"metric": "micro_f1"} if feats.multilabel else {}),   # else accuracy
-            "noise_seed": seed, "n_test": len(test), **feats.corruption_record(),
+            **({"metric": "micro_f1"} if dataset.multilabel else {}),   # else accuracy
+            "noise_seed": seed, "n_test": len(test), **dataset.corruption_record(),
             "runs": runs, "skipped": skipped, "summary": summarise(runs, names, len(levels))}
 
 
@@ -202,7 +202,7 @@ def csv_text(record: dict) -> str:
     return buf.getvalue()
 
 
-def write(params: dict, data: str, features_path: str | Path, out_json: str | Path,
+def write(params: dict, data: str, data_path: str | Path, out_json: str | Path,
           out_csv: str | Path | None = None, root: str | Path = ".", levels=LEVELS,
           seed: int = NOISE_SEED, device: str = "cpu") -> dict:
     """Run the sweep on one data set; write its JSON (every run's accuracies under `runs`
@@ -210,7 +210,7 @@ def write(params: dict, data: str, features_path: str | Path, out_json: str | Pa
     std over seeds under `summary`; the data set's `corruption_record`: the `unit`, and for a
     store `input_stats`: per modality the train mean, std and number of samples of its model
     inputs) and, if asked, the long-form CSV; both atomically."""
-    record = sweep(params, data, features_path, root, levels, seed, device)
+    record = sweep(params, data, data_path, root, levels, seed, device)
     write_json(out_json, record)
     if out_csv is not None:
         write_text(out_csv, csv_text(record))

@@ -127,15 +127,15 @@ def data_fingerprint(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-def train_seed(job: dict, data: str, method: str, seed: int, feats: DataSet,
+def train_seed(job: dict, data: str, method: str, seed: int, dataset: DataSet,
                root: Path, device: torch.device, data_id: str = "") -> Path:
     """Train (or resume) one run of the train job `job` (dyncim.config.train_job); `data_id`:
-    data_fingerprint of the data `feats` was read from."""
+    data_fingerprint of the data `dataset` was read from."""
     _check_job(job, data, method)
-    return _train_seed(job, data, method, seed, feats, root, device, data_id=data_id)[0]
+    return _train_seed(job, data, method, seed, dataset, root, device, data_id=data_id)[0]
 
 
-def _train_seed(job: dict, data: str, method: str, seed: int, feats: DataSet,
+def _train_seed(job: dict, data: str, method: str, seed: int, dataset: DataSet,
                 root: Path, device: torch.device, mcfg: dict | None = None, variant: str = "",
                 selection: dict | None = None, data_id: str = "") -> tuple[Path, list[dict]]:
     """Train (or resume) one run; `mcfg`: the method configuration to train (default: the
@@ -148,10 +148,10 @@ def _train_seed(job: dict, data: str, method: str, seed: int, feats: DataSet,
     extras = method_extras(root, data, mcfg, seed)
     fingerprint = (run_fingerprint(job, data, mcfg) + code_version() + extras_fingerprint(extras)
                    + (f"data:{data_id}" if data_id else ""))
-    parts = method_class(mcfg["type"], mcfg.get("impl")).parts(len(feats.names))
+    parts = method_class(mcfg["type"], mcfg.get("impl")).parts(len(dataset.names))
     saved, rows = [], []
     for modalities in parts:
-        sub = feats.subset(modalities) if len(modalities) < len(feats.names) else feats
+        sub = dataset.subset(modalities) if len(modalities) < len(dataset.names) else dataset
         name = "-".join(sub.names) if len(parts) > 1 else ""
         trainer = Trainer(sub, mcfg, tcfg, seed, device,
                           ckpt_path=root / paths.last_checkpoint(data, label, seed, name),
@@ -170,7 +170,7 @@ def _train_seed(job: dict, data: str, method: str, seed: int, feats: DataSet,
         rows += [{"part": name or "all", **r} for r in trainer.history]
     out = root / paths.best_model(data, label, seed)
     torch_save({"data": data, "method": method, "seed": seed, "method_cfg": mcfg, "train_cfg": tcfg,
-                "n_classes": feats.n_classes, "names": feats.names, "parts": saved,
+                "n_classes": dataset.n_classes, "names": dataset.names, "parts": saved,
                 **({"selection": selection} if selection else {})}, out)
     _write_curves(where["curves"], rows)
     return out, saved
@@ -185,31 +185,31 @@ def _write_curves(path: Path, rows: list[dict]) -> None:
     write_text(path, buf.getvalue())
 
 
-def train_job(job: dict, data: str, method: str, seeds: list[int], features_path: Path,
+def train_job(job: dict, data: str, method: str, seeds: list[int], data_path: Path,
               root: Path = Path("."), manifest: Path | None = None) -> list[Path]:
     """`job`: the train job's configuration (dyncim.config.train_job(params, data, method), what
-    the rule passes as `--job`), used as it is. `features_path`: the data configuration's feature
+    the rule passes as `--job`), used as it is. `data_path`: the data configuration's feature
     file (a FeatureSet), or the folder of its feature store (`<root>/{train,val,test}/`, a
     MediaSet: see dyncim.data.sets.media_set)."""
     _check_job(job, data, method)
     torch.set_num_threads(job["threads"])
     device = pick_device(job["device"])
-    feats = load_data(features_path, job.get("resident_fraction", 0.5))
+    dataset = load_data(data_path, job.get("resident_fraction", 0.5))
     ds = job["datasets"][data]
     if ds["source"] in ("mfeat", "synthetic"):
         want = C.n_modalities(ds)
-        if len(feats.names) != want:
-            raise ValueError(f"{features_path}: has {len(feats.names)} modalities, params.yaml's "
-                             f"datasets.{data} has {want}; rerun the features step")
-    feats = feats.to(device)  # once per job: a store is copied onto the device once, for every seed
-    data_id = data_fingerprint(features_path)  # changed data: a fresh run, never a resume
+        if len(dataset.names) != want:
+            raise ValueError(f"{data_path}: has {len(dataset.names)} modalities, params.yaml's "
+                             f"datasets.{data} has {want}; rerun the step that builds it")
+    dataset = dataset.to(device)  # once per job: a store is copied onto the device once, for every seed
+    data_id = data_fingerprint(data_path)  # changed data: a fresh run, never a resume
     mcfg, selection = method_config(job, method), None
     if "select" in mcfg:
         def fit(seed, cand, label):
-            return _train_seed(job, data, method, seed, feats, root, device, cand, label,
+            return _train_seed(job, data, method, seed, dataset, root, device, cand, label,
                                data_id=data_id)[1]
         mcfg, selection = select.run(mcfg, data, method, seeds, root, fit)
-    best = [_train_seed(job, data, method, s, feats, root, device, mcfg, selection=selection,
+    best = [_train_seed(job, data, method, s, dataset, root, device, mcfg, selection=selection,
                         data_id=data_id)[0]
             for s in seeds]
     # The job's declared output, written last: it exists only when every seed is done.

@@ -63,9 +63,9 @@ def media_resources(wildcards):
     )
 
 
-def data_input(wildcards):
+def data_file(wildcards):
     """The feature file, or the store's summary, that a data set's jobs read."""
-    return dc.data_input(P, wildcards.data)
+    return dc.data_file(P, wildcards.data)
 
 
 FIGURE_KINDS = dc.figure_kinds(P)

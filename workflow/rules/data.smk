@@ -37,19 +37,19 @@ rule split:
         "python -m dyncim split --job {params.job:q} --out {output} > {log} 2>&1"
 
 
-rule features:
+rule feature_file:
     input:
         split=lambda w: paths.split_file(dc.split_name(P, w.data)),
         raw=lambda w: raw_inputs(w.data),
-        code=lambda w: code("features", source=source_of(w.data)),
+        code=lambda w: code("feature_file", source=source_of(w.data)),
     output:
-        paths.features_file("{data}"),
+        paths.feature_file("{data}"),
     log:
-        paths.log_file("features", "{data}"),
+        paths.log_file("feature_file", "{data}"),
     params:
-        job=job(dc.features_job, "data"),
+        job=job(dc.data_job, "data"),
     shell:
-        "python -m dyncim features --job {params.job:q} --split {input.split} --out {output} > {log} 2>&1"
+        "python -m dyncim feature-file --job {params.job:q} --split {input.split} --out {output} > {log} 2>&1"
 
 
 # A store set's raw files: downloaded (CREMA-D), located in the user's copy (Kinetics-Sounds),
@@ -86,7 +86,7 @@ rule extract:
         paths.log_file("extract", "{data}"),
     threads: lambda w: dc.extract_threads(P, w.data)
     params:
-        job=job(dc.features_job, "data"),
+        job=job(dc.data_job, "data"),
     shell:
         "python -m dyncim extract --job {params.job:q} --raw {input.raw} --out {output} > {log} 2>&1"
 
@@ -105,4 +105,4 @@ rule download_all:
 
 rule features_all:
     input:
-        [dc.data_input(P, d) for d in DATASETS],
+        [dc.data_file(P, d) for d in DATASETS],

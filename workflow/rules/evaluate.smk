@@ -5,7 +5,7 @@
 
 rule evaluate:
     input:
-        features=data_input,
+        data_file=data_file,
         models=[paths.manifest("{data}", m) for m in METHODS],
         code=code("evaluate", METHODS),
     output:
@@ -18,7 +18,7 @@ rule evaluate:
     params:
         job=job(dc.evaluate_job, "data"),
     shell:
-        "python -m dyncim evaluate --job {params.job:q} --features {input.features} --out {output} > {log} 2>&1"
+        "python -m dyncim evaluate --job {params.job:q} --data-file {input.data_file} --out {output} > {log} 2>&1"
 
 
 rule evaluate_all:
@@ -30,7 +30,7 @@ rule evaluate_all:
 # test time (noise levels, missing); no re-training. The long-form CSV feeds DVC's plots.
 rule robustness:
     input:
-        features=data_input,
+        data_file=data_file,
         models=[paths.manifest("{data}", m) for m in METHODS],
         code=code("robustness", METHODS),
     output:
@@ -49,7 +49,7 @@ rule robustness:
     params:
         job=job(dc.robustness_job, "data"),
     shell:
-        "python -m dyncim robustness --job {params.job:q} --features {input.features} --json {output.json} --csv {output.csv} > {log} 2>&1"
+        "python -m dyncim robustness --job {params.job:q} --data-file {input.data_file} --json {output.json} --csv {output.csv} > {log} 2>&1"
 
 
 rule robustness_all:

@@ -5,7 +5,7 @@
 
 rule train:
     input:
-        features=data_input,
+        data_file=data_file,
         teachers=teachers,
         code=lambda w: code("train", [w.method]),
     output:
@@ -18,7 +18,7 @@ rule train:
     params:
         job=job(dc.train_job, "data", "method"),
     shell:
-        "python -m dyncim train --job {params.job:q} --features {input.features} --manifest {output} > {log} 2>&1"
+        "python -m dyncim train --job {params.job:q} --data-file {input.data_file} --manifest {output} > {log} 2>&1"
 
 
 rule train_all:

@@ -143,10 +143,10 @@ def load(path: str | Path) -> FeatureSet:
     try:
         d = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: missing; run the features step first") from None
+        raise FileNotFoundError(f"{path}: missing; run the feature-file step first") from None
     except Exception as e:  # truncated or not a torch file
         raise ValueError(f"{path}: not a readable feature file ({type(e).__name__}: {e}); "
-                         f"delete it and rerun the features step") from None
+                         f"delete it and rerun the feature-file step") from None
     if not isinstance(d, dict) or d.get("format") != FORMAT:
         raise ValueError(f"{path}: not a feature file of format {FORMAT}")
     labels, split = d["labels"], d["split"]

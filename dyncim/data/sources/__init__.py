@@ -3,7 +3,7 @@ functions its catalog entry calls for (the steps look a source up there and impo
 here only when they run it). One helper lives beside them: actor_split.py, CREMA-D's
 actor-disjoint split, which crema_d.py uses and which makes the shipped split file.
 
-Feature-file sources (`build: "features"`: mfeat, synthetic):
+Feature-file sources (`build: "feature_file"`: mfeat, synthetic):
     read(ds, raw_dir) -> (views, labels, corrupted, names, n_classes)
         the configuration's modalities as float arrays (N, d) before standardising, int labels,
         the per-sample corruption codes (N, M) or None, the modality names, the class count;

@@ -37,7 +37,7 @@ def build_store(ds: dict, ready: str | Path, summary_path: str | Path, log=print
     name = ds["source"]
     entry = catalog_entry(name)
     if entry.build != "extract":
-        raise ValueError(f"source {name!r}: builds a feature file (the features step), not a store")
+        raise ValueError(f"source {name!r}: builds a feature file (the feature-file step), not a store")
     if rec["source"] != name:
         raise ValueError(f"{ready}: holds {rec['source']} files, the data set is {name}")
     module = sources.module(name)
