@@ -92,7 +92,7 @@ def test_bad_files_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"valid/text has shape \(2, 50, 300\); expected \(4, steps"):
         M.load_mosei(write_pickle(tmp_path / "d.pkl", data))
     (tmp_path / "e.pkl").write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="not a readable MOSEI feature pickle"):
+    with pytest.raises(ValueError, match="not a readable MulT feature pickle"):
         M.load_mosei(tmp_path / "e.pkl")
 
 

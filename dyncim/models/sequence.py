@@ -1,6 +1,6 @@
 """Sequence encoders for pre-extracted feature sequences (CMU-MOSEI: text, audio, vision, each
 (T, d) per sample: T = 50 in the word-aligned pickle; the unaligned one has 50 text steps and
-longer audio and vision sequences; see `dyncim.data.mosei`).
+longer audio and vision sequences; see `dyncim.data.sources.mosei`).
 
 `transformer` (the default, and what `encoder: auto` picks for (T, d) inputs): the unimodal path of
 MulT (Tsai et al., ACL 2019), whose features these are: a per-step linear projection to `dim`

@@ -16,7 +16,7 @@ audio, visual, vision, then any other by name. Each array's kind follows from it
                passes (its state is saved with the run); evaluation batches the whole picture.
                Either way normalised with ImageNet's mean/std: float32 (B, T, 3, S, S), S = H.
   spectrogram  float16 (F, T) or (1, F, T): float32 (B, 1, F, T), converted on the device.
-  sequence     float32 (T, d) (CMU-MOSEI, `dyncim.data.mosei.write_mosei_store`): as stored.
+  sequence     float32 (T, d) (CMU-MOSEI, `dyncim.data.sources.mosei.write_mosei_store`): as stored.
   flow         uint8 (T, H, W, 2), optical flow (UCF-101, `dyncim.data.extraction.flow`: 128 = no motion),
                stored channels-last: transformed on the device by `dyncim.data.sets.augment.FlowAugment`
                (training: crop and flip per field, a flip negating the x component; evaluation:

@@ -1,5 +1,8 @@
 """CMU-MOSEI (text + audio + vision): the trimodal case, from the widely used pre-extracted features.
 
+The reader below serves every set MulT distributes in this layout (CMU-MOSI too, sources/mosi.py):
+its file names, record file and data-set name are parameters, MOSEI's the defaults.
+
 Source: the pickle that MulT (Tsai et al., ACL 2019, yaohungt/Multimodal-Transformer) distributes
 and that most later work loads: `mosei_senti_data.pkl` (aligned to words, 50 steps per modality)
 or `mosei_senti_data_noalign.pkl` (unaligned: 50 text steps, longer audio and vision sequences).
@@ -67,24 +70,24 @@ INFO = "mosei.json"
 def fetch_mosei(out: str | Path, *, url: str | None = None, sha256: str | None = None,
                 from_path: str | Path | None = None, variant: str = "aligned",
                 link: str = "copy", timeout: float = 60.0, progress: bool = False,
-                log=print) -> Path:
-    """Bring the MOSEI pickle to `out/<FILES[variant]>`, verified and atomically; return its path.
+                log=print, files: dict = FILES, info: str = INFO, name: str = "CMU-MOSEI") -> Path:
+    """Bring the pickle to `out/<files[variant]>`, verified and atomically; return its path.
 
     `url` (http, https or file) needs `sha256`; `from_path` (a local file) is checked against
     `sha256` when one is given and copied (`link="copy"`), hard-linked or symlinked. A file
     already in place that matches `sha256` (or the sha256 recorded in `out/mosei.json` when none
-    is given) is kept. Writes `out/mosei.json`: source, variant, sha256, size.
+    is given) is kept. Writes `out/<info>`: source, variant, sha256, size.
     """
-    if variant not in FILES:
-        raise ValueError(f"variant {variant!r}: expected one of {sorted(FILES)}")
+    if variant not in files:
+        raise ValueError(f"variant {variant!r}: expected one of {sorted(files)}")
     if (url is None) == (from_path is None):
-        raise ValueError("MOSEI: give exactly one of url (with sha256) and from_path")
+        raise ValueError(f"{name}: give exactly one of url (with sha256) and from_path")
     if url is not None and not sha256:
-        raise ValueError("MOSEI: a URL needs its sha256 (there is no pinned public copy to trust)")
+        raise ValueError(f"{name}: a URL needs its sha256 (there is no pinned public copy to trust)")
     out = Path(out)
-    dest = out / FILES[variant]
+    dest = out / files[variant]
     sha256 = sha256.lower() if sha256 else None
-    info_path = out / INFO
+    info_path = out / info
     source = url if url is not None else str(Path(from_path).resolve())
     expected = sha256
     if expected is None and info_path.is_file():  # no checksum given: trust the copy made from
@@ -113,7 +116,7 @@ def fetch_mosei(out: str | Path, *, url: str | None = None, sha256: str | None =
                            "variant": variant, "file": dest.name, "sha256": got,
                            "size": dest.stat().st_size})
     if log:
-        log(f"CMU-MOSEI ({variant}): {dest} sha256 {got}")
+        log(f"{name} ({variant}): {dest} sha256 {got}")
     return dest
 
 
@@ -130,7 +133,7 @@ _ALLOWED = {
 class _ArraysOnly(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) not in _ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to build {module}.{name}: a MOSEI feature "
+            raise pickle.UnpicklingError(f"refusing to build {module}.{name}: a MulT feature "
                                          f"pickle holds only dicts and numpy arrays")
         if module.startswith("numpy.core."):  # pickled by numpy 1.x; numpy 2 calls it numpy._core
             try:
@@ -147,9 +150,10 @@ def read_pickle(path: str | Path):
         with open(path, "rb") as f:
             return _ArraysOnly(f, encoding="latin1").load()
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: missing; run the MOSEI download step first") from None
+        raise FileNotFoundError(f"{path}: missing; run the data set's media step first") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
-        raise ValueError(f"{path}: not a readable MOSEI feature pickle ({type(e).__name__}: {e})") from None
+        raise ValueError(f"{path}: not a readable MulT feature pickle (the CMU-MOSEI / CMU-MOSI "
+                         f"layout; {type(e).__name__}: {e})") from None
 
 
 @dataclass
@@ -276,7 +280,7 @@ def load_mosei(path: str | Path, task: str = DEFAULT_TASK, nonfinite: str = "zer
 
 # ---- writing it as feature files --------------------------------------------------------------
 def write_mosei_store(data: MoseiData, root: str | Path, source_sha256: str | None = None,
-                      nonfinite: str = "zero") -> dict[str, Path]:
+                      nonfinite: str = "zero", dataset: str = "cmu-mosei") -> dict[str, Path]:
     """Write each split into `root/<split>/` in the feature-store layout (`dyncim.data.io.store`):
     `text.npy`, `audio.npy`, `vision.npy` float32 (N, T, d), `index.csv` (clip = the sample id,
     label = the class name), `meta.json` (classes, task, non-finite counts, dropped samples).
@@ -284,7 +288,7 @@ def write_mosei_store(data: MoseiData, root: str | Path, source_sha256: str | No
     from ..io import store
     out = {}
     for split, s in data.splits.items():
-        plan = {"dataset": "cmu-mosei", "source_sha256": source_sha256, "task": data.task,
+        plan = {"dataset": dataset, "source_sha256": source_sha256, "task": data.task,
                 "nonfinite": nonfinite, "n": len(s.labels), "ids": s.ids}
         path = Path(root) / split
         out[split] = path
@@ -296,7 +300,7 @@ def write_mosei_store(data: MoseiData, root: str | Path, source_sha256: str | No
                 if not w.done[i]:
                     w.write(i, {m: x[i] for m, x in s.features.items()}, {"ok": True})
             w.finish(s.ids, [data.classes[k] for k in s.labels],
-                     {"dataset": "cmu-mosei", "task": data.task, "classes": list(data.classes),
+                     {"dataset": dataset, "task": data.task, "classes": list(data.classes),
                       "nonfinite_rule": nonfinite, "nonfinite_replaced": data.nonfinite.get(split, {}),
                       "dropped": data.dropped.get(split, 0), "source_sha256": source_sha256})
     return out
@@ -304,16 +308,18 @@ def write_mosei_store(data: MoseiData, root: str | Path, source_sha256: str | No
 
 # ---- the source's steps (dyncim.data.sources) ----------------------------------------------------
 
-def bring_in(ds: dict, out: Path, log=print) -> dict:
+def bring_in(ds: dict, out: Path, log=print, *, files: dict = FILES, info: str = INFO,
+             name: str = "CMU-MOSEI") -> dict:
     media = ds["media"]
     pickle_path = fetch_mosei(out, url=media.get("url"), sha256=media.get("sha256"),
                               from_path=media.get("from_path"), variant=media["variant"], link=media["link"],
-                              progress=True, log=log)
+                              progress=True, log=log, files=files, info=info, name=name)
     return {"pickle": pickle_path.name}
 
 
-def build(ds: dict, raw: Path, record: dict, out: Path, log=print) -> dict:
-    info = json.loads((raw / INFO).read_text())
+def build(ds: dict, raw: Path, record: dict, out: Path, log=print, *, info: str = INFO,
+          dataset: str = "cmu-mosei") -> dict:
+    recorded = json.loads((raw / info).read_text())
     data = load_mosei(raw / record["pickle"], task=ds["media"]["task"])
-    write_mosei_store(data, out, source_sha256=info.get("sha256"))
+    write_mosei_store(data, out, source_sha256=recorded.get("sha256"), dataset=dataset)
     return {"task": ds["media"]["task"]}
